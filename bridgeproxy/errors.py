@@ -1,0 +1,96 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+Typed refusals.  A chain step raises one of these to refuse a request; one
+place (L{bridgeproxy.proxy.errors}) turns it into the provider's error shape.
+
+Messages are shown to clients: never put a credential in one.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """
+    A refusal with an HTTP status.
+
+    @cvar status: the HTTP status code the client gets.
+    @cvar kind: a provider-neutral error kind; each provider maps it to its
+        own error C{type} (OpenAI C{invalid_request_error}, Anthropic
+        C{authentication_error}, ...).
+    """
+
+    status = 500
+    kind = "api_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class BadRequest(BridgeError):
+    """The request is malformed or ambiguous (400)."""
+
+    status = 400
+    kind = "invalid_request"
+
+
+class AuthenticationFailed(BridgeError):
+    """No credential, or one that is unknown, expired or revoked (401)."""
+
+    status = 401
+    kind = "authentication"
+
+    def __init__(self, message: str, *, reason: str = "invalid", **kw):
+        super().__init__(message, **kw)
+        self.reason = reason
+
+
+class PermissionDenied(BridgeError):
+    """A known credential that may not do this (403)."""
+
+    status = 403
+    kind = "permission"
+
+    def __init__(self, message: str, *, reason: str = "forbidden", **kw):
+        super().__init__(message, **kw)
+        self.reason = reason
+
+
+class NotFound(BridgeError):
+    """No route for this path (404)."""
+
+    status = 404
+    kind = "not_found"
+
+
+class PayloadTooLarge(BridgeError):
+    """The request body is over the configured limit (413)."""
+
+    status = 413
+    kind = "request_too_large"
+
+
+class UpstreamUnavailable(BridgeError):
+    """The upstream could not be reached (502)."""
+
+    status = 502
+    kind = "api_error"
+
+
+class UpstreamTimeout(BridgeError):
+    """The upstream stalled past the configured timeout (504)."""
+
+    status = 504
+    kind = "timeout"
+
+
+class NotConfigured(BridgeError):
+    """The bridge lacks what it needs to serve this (503)."""
+
+    status = 503
+    kind = "api_error"
+
+
+class ConfigError(Exception):
+    """A configuration file or plugin selection that cannot be used."""

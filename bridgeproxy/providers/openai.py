@@ -1,0 +1,191 @@
+# -*- test-case-name: tests.test_providers -*-
+"""
+OpenAI: chat completions and responses are intercepted; the rest of
+C{/v1/*} is passed through.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from bridgeproxy.interfaces import IProvider
+from bridgeproxy.providers.base import UsageParser, as_int, dumps, get, text_of
+
+_ERRORS = {
+    # kind: (type, code)
+    "invalid_request": ("invalid_request_error", None),
+    "authentication": ("invalid_request_error", "invalid_api_key"),
+    "permission": ("permission_error", "forbidden"),
+    "not_found": ("invalid_request_error", "unknown_url"),
+    "request_too_large": ("invalid_request_error", "request_too_large"),
+    "rate_limit": ("rate_limit_error", "rate_limit_exceeded"),
+    "overloaded": ("server_error", "overloaded"),
+    "timeout": ("server_error", "upstream_timeout"),
+    "api_error": ("server_error", None),
+}
+
+
+def openai_error(kind: str, message: str) -> dict:
+    type_, code = _ERRORS.get(kind, _ERRORS["api_error"])
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+class ChatCompletionsParser(UsageParser):
+    """Reads C{/chat/completions} answers, blocking or streamed."""
+
+    def _usage(self, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        prompt = as_int(usage.get("prompt_tokens"))
+        cached = as_int(get(usage, "prompt_tokens_details", "cached_tokens"))
+        # prompt_tokens includes cached tokens; record them apart, as
+        # Anthropic does, so that totals add up across providers.
+        self.input_tokens = max(0, prompt - cached)
+        self.cache_read_tokens = cached
+        self.output_tokens = as_int(usage.get("completion_tokens"))
+
+    def on_json(self, obj: dict) -> None:
+        if isinstance(obj.get("model"), str):
+            self.model = obj["model"]
+        self._usage(obj.get("usage"))
+        for choice in obj.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            if choice.get("finish_reason"):
+                self.stop_reason = str(choice["finish_reason"])
+            for i, call in enumerate(get(choice, "message", "tool_calls") or ()):
+                if isinstance(call, dict):
+                    self.tool((choice.get("index", 0), i), call.get("id"),
+                              get(call, "function", "name"), get(call, "function", "arguments"))
+
+    def on_event(self, event: Optional[str], obj: dict) -> None:
+        if "error" in obj and isinstance(obj["error"], dict):
+            self.error = str(obj["error"].get("message") or "stream error")
+            return
+        if isinstance(obj.get("model"), str):
+            self.model = obj["model"]
+        if obj.get("usage"):
+            self._usage(obj["usage"])
+        for choice in obj.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            if choice.get("finish_reason"):
+                self.stop_reason = str(choice["finish_reason"])
+            for call in get(choice, "delta", "tool_calls") or ():
+                if isinstance(call, dict):
+                    self.tool((choice.get("index", 0), call.get("index", 0)), call.get("id"),
+                              get(call, "function", "name"), get(call, "function", "arguments"))
+
+
+class ResponsesParser(UsageParser):
+    """Reads C{/responses} answers, blocking or streamed."""
+
+    def on_json(self, obj: dict) -> None:
+        if isinstance(obj.get("model"), str):
+            self.model = obj["model"]
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            cached = as_int(get(usage, "input_tokens_details", "cached_tokens"))
+            self.input_tokens = max(0, as_int(usage.get("input_tokens")) - cached)
+            self.cache_read_tokens = cached
+            self.output_tokens = as_int(usage.get("output_tokens"))
+        if isinstance(obj.get("status"), str):
+            self.stop_reason = obj["status"]
+        if isinstance(obj.get("error"), dict) and obj["error"].get("message"):
+            self.error = str(obj["error"]["message"])
+        for item in obj.get("output") or ():
+            self._item(item)
+
+    def _item(self, item: Any) -> None:
+        if isinstance(item, dict) and item.get("type") == "function_call":
+            key = item.get("call_id") or item.get("id")
+            self.tools.pop(key, None)
+            self.tool(key, item.get("call_id"), item.get("name"), item.get("arguments"))
+
+    def on_event(self, event: Optional[str], obj: dict) -> None:
+        kind = obj.get("type") or event
+        if kind in ("response.completed", "response.incomplete", "response.failed", "response.created"):
+            response = obj.get("response")
+            if isinstance(response, dict):
+                self.on_json(response)
+            if kind != "response.created":
+                self.complete = True
+        elif kind == "response.output_item.done":
+            self._item(obj.get("item"))
+        elif kind == "error":
+            self.error = str(obj.get("message") or get(obj, "error", "message") or "stream error")
+
+
+def chat_prompt(body: dict) -> Optional[str]:
+    for message in reversed(body.get("messages") or ()):
+        if isinstance(message, dict) and message.get("role") == "user":
+            text = text_of(message.get("content"))
+            if text:
+                return text
+    return None
+
+
+def responses_prompt(body: dict) -> Optional[str]:
+    items = body.get("input")
+    if isinstance(items, str):
+        return items or None
+    for item in reversed(items or ()):
+        if isinstance(item, dict) and item.get("role") == "user":
+            text = text_of(item.get("content"))
+            if text:
+                return text
+    return None
+
+
+@implementer(IPlugin, IProvider)
+class OpenAIProvider:
+    """The OpenAI API (and OpenAI-compatible upstreams)."""
+
+    name = "openai"
+    default_base_url = "https://api.openai.com/v1"
+    routes = {b"/v1/chat/completions": "chat.completions", b"/v1/responses": "responses"}
+
+    def route(self, subpath: bytes) -> Optional[str]:
+        found = self.routes.get(subpath.rstrip(b"/"))
+        if found is not None:
+            return found
+        if subpath.startswith(b"/v1/"):
+            return ""
+        return None
+
+    def upstream_url(self, base_url: str, subpath: bytes, query: bytes) -> bytes:
+        # The configured base already ends in /v1.
+        url = base_url.encode("ascii") + subpath[3:]
+        return url + b"?" + query if query else url
+
+    def set_central_key(self, headers: Any, key: str) -> None:
+        headers.setRawHeaders(b"Authorization", [b"Bearer " + key.encode("latin-1")])
+
+    def set_client_key(self, headers: Any, authorization: Optional[str], api_key: Optional[str]) -> str:
+        key = authorization or api_key or ""
+        headers.setRawHeaders(b"Authorization", [b"Bearer " + key.encode("latin-1")])
+        return key
+
+    def error_body(self, error_kind: str, message: str) -> bytes:
+        return dumps(openai_error(error_kind, message))
+
+    def stream_error_event(self, route: str, error_kind: str, message: str) -> bytes:
+        error = openai_error(error_kind, message)
+        if route == "responses":
+            event = {"type": "error", "code": error["error"]["code"], "message": message, "param": None}
+            return b"event: error\ndata: " + dumps(event) + b"\n\n"
+        return b"data: " + dumps(error) + b"\n\ndata: [DONE]\n\n"
+
+    def usage_parser(self, route: str, streamed: bool) -> UsageParser:
+        if route == "responses":
+            return ResponsesParser(streamed)
+        return ChatCompletionsParser(streamed)
+
+    def prompt_of(self, route: str, body: dict) -> Optional[str]:
+        if route == "responses":
+            return responses_prompt(body)
+        return chat_prompt(body)
+

@@ -1,0 +1,31 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The one place where a refusal becomes an HTTP answer in the provider's
+own error shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from bridgeproxy.errors import BridgeError
+from bridgeproxy.providers.openai import openai_error
+from bridgeproxy.providers.base import dumps
+
+
+def write_error(request: Any, provider: Optional[Any], error: BridgeError) -> None:
+    """
+    Answer C{request} with C{error}: its status, the provider's JSON shape
+    (OpenAI's when no provider is known), and finish it.
+    """
+    if provider is not None:
+        body = provider.error_body(error.kind, error.message)
+    else:
+        body = dumps(openai_error(error.kind, error.message))
+    request.setResponseCode(error.status)
+    request.responseHeaders.setRawHeaders(b"Content-Type", [b"application/json"])
+    request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+    for name, value in error.headers.items():
+        request.responseHeaders.setRawHeaders(name.encode("latin-1"), [value.encode("latin-1")])
+    request.write(body)
+    request.finish()

@@ -1,0 +1,186 @@
+# -*- test-case-name: tests.test_forward -*-
+"""
+Talking to the upstream: the connection pool, the request body, and the
+relay that streams the answer back with back-pressure, a stall timeout and
+cancellation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from twisted.internet.defer import succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
+
+from bridgeproxy.config import UpstreamConfig
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """
+    A request body already in memory, written in one go.
+
+    (L{twisted.web.client.FileBodyProducer} goes through a cooperator
+    and costs a reactor turn per request.)
+    """
+
+    def __init__(self, body: bytes):
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> Any:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def make_agent(reactor: Any, config: UpstreamConfig, tls_policy: Any = None) -> Agent:
+    """
+    An L{Agent} over a persistent connection pool sized by the config
+    (treq's default pool keeps only 2 idle connections per host).
+    Upstream TLS is verified (service-identity) unless C{tls_policy} says
+    otherwise.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = config.max_connections_per_host
+    pool.cachedConnectionTimeout = config.idle_connection_seconds
+    kwargs: dict[str, Any] = {"connectTimeout": config.connect_timeout, "pool": pool}
+    if tls_policy is not None:
+        kwargs["contextFactory"] = tls_policy
+    return Agent(reactor, **kwargs)
+
+
+#: How a relay ended.
+COMPLETE = "complete"
+UPSTREAM_BROKE = "upstream_broken"
+CLIENT_GONE = "client_disconnected"
+STALLED = "timeout"
+
+
+@implementer(IPushProducer)
+class Relay(Protocol):
+    """
+    Receives the upstream's response body and writes it to the client's
+    request as it arrives.
+
+    As the client's producer it passes back-pressure on: when the client's
+    socket is full, the upstream socket stops being read.  When the client
+    goes away, the upstream request is stopped at once.  When the upstream
+    sends nothing for C{timeout} seconds (while the client is reading), the
+    relay ends: a stream gets C{stall_tail} (the provider's error event),
+    so the client's SDK sees an error, not a silent truncation.
+
+    @param on_data: called with every chunk after it is written (the
+        recording tap); must be cheap.
+    @param on_done: called once with how the relay ended.
+    """
+
+    def __init__(self, request: Any, clock: Any, timeout: float,
+                 on_data: Optional[Callable[[bytes], None]],
+                 on_done: Callable[[str, Optional[Failure]], None],
+                 stall_tail: Optional[Callable[[str], bytes]] = None):
+        self.request = request
+        self.clock = clock
+        self.timeout = timeout
+        self.on_data = on_data
+        self.on_done = on_done
+        self.stall_tail = stall_tail
+        self.outcome: Optional[str] = None
+        self.bytes_relayed = 0
+        self._last = 0.0
+        self._timer: Any = None
+        self._paused = False
+        self._finished = False
+
+    # -- upstream side (IProtocol) ------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._last = self.clock.seconds()
+        self.request.registerProducer(self, True)
+        self._timer = self.clock.callLater(self.timeout, self._check_stall)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._finished:
+            return
+        self._last = self.clock.seconds()
+        self.bytes_relayed += len(data)
+        self.request.write(data)
+        if self.on_data is not None:
+            self.on_data(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.outcome is None:
+            if reason is None or reason.check(ResponseDone, PotentialDataLoss):
+                self.outcome = COMPLETE
+            else:
+                self.outcome = UPSTREAM_BROKE
+                if self.stall_tail is not None and not self._finished:
+                    self.request.write(self.stall_tail("The upstream connection broke mid-stream."))
+        self._finish()
+        failure = None if self.outcome == COMPLETE else reason
+        self.on_done(self.outcome, failure)
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self.request.unregisterProducer()
+        if self.outcome != CLIENT_GONE:
+            self.request.finish()
+
+    def _check_stall(self) -> None:
+        self._timer = None
+        if self._paused:
+            return
+        idle = self.clock.seconds() - self._last
+        if idle < self.timeout:
+            self._timer = self.clock.callLater(self.timeout - idle, self._check_stall)
+            return
+        self.outcome = STALLED
+        if self.stall_tail is not None:
+            self.request.write(self.stall_tail("The upstream stopped sending before the answer was complete."))
+        self.transport.stopProducing()
+
+    # -- client side (IPushProducer) ----------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._last = self.clock.seconds()
+            if self._timer is None and not self._finished:
+                self._timer = self.clock.callLater(self.timeout, self._check_stall)
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.client_gone()
+
+    def client_gone(self) -> None:
+        """The client disconnected: stop reading (and paying for) the answer."""
+        if self._finished or self.outcome is not None:
+            return
+        self.outcome = CLIENT_GONE
+        self.transport.stopProducing()
+
+
+__all__ = ["BytesProducer", "Relay", "make_agent", "UNKNOWN_LENGTH"]

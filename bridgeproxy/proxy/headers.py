@@ -1,0 +1,137 @@
+# -*- test-case-name: tests.test_headers -*-
+"""
+Header hygiene (SPEC section 3): what reaches the upstream, and what of the
+upstream's answer reaches the client.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+from twisted.web.http_headers import Headers
+
+from bridgeproxy.auth import PROVIDER_KEY_SOURCES, bearer_token, single_header
+from bridgeproxy.errors import NotConfigured, PermissionDenied
+from bridgeproxy.types import Credential, Initiator
+
+#: Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded either way.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
+    b"proxy-authorization", b"te", b"trailer", b"trailers", b"transfer-encoding", b"upgrade",
+})
+
+#: Set for the upstream by the agent, or decided by the credential.
+_REPLACED = frozenset({b"host", b"content-length", b"authorization", b"x-api-key"})
+
+ACTOR_ID = b"X-AI-Bridge-Actor-Id"
+ACTOR_USERNAME = b"X-AI-Bridge-Actor-Metadata-Username"
+
+
+def _connection_tokens(headers: Headers) -> frozenset[bytes]:
+    """Headers that C{Connection} names as hop-by-hop for this message."""
+    tokens = set()
+    for value in headers.getRawHeaders(b"connection", ()):
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token)
+    return frozenset(tokens)
+
+
+def _dropped(name: bytes, connection: frozenset[bytes]) -> bool:
+    return name in HOP_BY_HOP or name.startswith(b"proxy-") or name in connection
+
+
+def upstream_headers(
+    request: Any,
+    *,
+    intercepted: bool,
+    bridge_headers: Iterable[str] = (),
+) -> Headers:
+    """
+    The client's headers, cleaned for the upstream: hop-by-hop, C{Host},
+    C{Content-Length}, credentials and every C{X-Coder-*} removed (and
+    C{Accept-Encoding} on intercepted routes); everything else unchanged.
+
+    @param bridge_headers: more header names of the bridge's own to remove
+        (the configured credential headers).
+    """
+    incoming: Headers = request.requestHeaders
+    connection = _connection_tokens(incoming)
+    own = {h.lower().encode("latin-1") for h in bridge_headers}
+    out = Headers()
+    for name, values in incoming.getAllRawHeaders():
+        lower = name.lower()
+        if (
+            _dropped(lower, connection)
+            or lower in _REPLACED
+            or lower.startswith(b"x-coder-")
+            or lower in own
+            or (intercepted and lower == b"accept-encoding")
+        ):
+            continue
+        out.setRawHeaders(name, values)
+    return out
+
+
+def apply_credential(
+    headers: Headers,
+    request: Any,
+    credential: Credential,
+    provider: Any,
+    central_key: Optional[str],
+    allow_byok: bool,
+) -> tuple[str, str]:
+    """
+    Put the right provider key in C{headers} (SPEC section 3's table).
+
+    @return: C{(kind, key)}: C{"centralized"} or C{"byok"} and the key sent
+        (for the masked hint; never log it).
+    @raise PermissionDenied: a client's own key when BYOK is not allowed.
+    @raise NotConfigured: no provider key configured where one is needed.
+    """
+    if credential.source not in PROVIDER_KEY_SOURCES:
+        authorization = bearer_token(single_header(request, "Authorization"))
+        api_key = single_header(request, "X-Api-Key")
+        if authorization or api_key:
+            if not allow_byok:
+                raise PermissionDenied(
+                    "Using your own provider key is not allowed by this gateway.", reason="byok_disabled")
+            return "byok", provider.set_client_key(headers, authorization, api_key)
+    if not central_key:
+        raise NotConfigured(f"No {provider.name} key is configured on this gateway.")
+    provider.set_central_key(headers, central_key)
+    return "centralized", central_key
+
+
+def add_actor_headers(headers: Headers, initiator: Initiator) -> None:
+    """Tell the upstream who the actor is (C{[upstream] send_actor_headers})."""
+    headers.setRawHeaders(ACTOR_ID, [initiator.user_id.encode("latin-1")])
+    if initiator.username:
+        headers.setRawHeaders(ACTOR_USERNAME, [initiator.username.encode("utf-8")])
+
+
+def add_forwarded(headers: Headers, request: Any) -> None:
+    """Append this hop to C{X-Forwarded-For} / C{X-Forwarded-Proto}."""
+    peer = request.getClientAddress()
+    host = getattr(peer, "host", None)
+    if host:
+        chain = b", ".join(headers.getRawHeaders(b"x-forwarded-for", ()))
+        value = host.encode("ascii")
+        headers.setRawHeaders(b"X-Forwarded-For", [chain + b", " + value if chain else value])
+    proto = b"https" if request.isSecure() else b"http"
+    chain = b", ".join(headers.getRawHeaders(b"x-forwarded-proto", ()))
+    headers.setRawHeaders(b"X-Forwarded-Proto", [chain + b", " + proto if chain else proto])
+
+
+def copy_response_headers(source: Headers, target: Headers) -> None:
+    """
+    Copy the upstream's response headers to the client's, less hop-by-hop
+    and C{Content-Length} (the relay decides that).
+    """
+    connection = _connection_tokens(source)
+    for name, values in source.getAllRawHeaders():
+        lower = name.lower()
+        if _dropped(lower, connection) or lower == b"content-length":
+            continue
+        target.setRawHeaders(name, values)

@@ -1,0 +1,404 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The request's way through the bridge, in one straight line:
+
+route -> extract credential -> detect client -> resolve initiator ->
+clean headers -> forward -> relay (+ tap for recording) -> record.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from bridgeproxy.auth import extract_credential
+from bridgeproxy.clients import detect_client
+from bridgeproxy.config import Config, ProviderConfig
+from bridgeproxy.errors import (
+    AuthenticationFailed, BadRequest, BridgeError, NotFound, PayloadTooLarge,
+    UpstreamTimeout, UpstreamUnavailable,
+)
+from bridgeproxy.metrics import Metrics
+from bridgeproxy.proxy.errors import write_error
+from bridgeproxy.proxy.forward import COMPLETE, UNKNOWN_LENGTH, BytesProducer, Relay
+from bridgeproxy.proxy.headers import (
+    add_actor_headers, add_forwarded, apply_credential, copy_response_headers, upstream_headers,
+)
+from bridgeproxy.types import (
+    UNKNOWN_CLIENT, ClientInfo, Credential, Initiator, Interception, Usage, mask_secret,
+)
+
+#: The prefix the upstream Go gateway serves its routes under.
+ALIAS_PREFIX = b"/api/v2/aibridge"
+_BASE_PATHS = frozenset({b"", b"/", b"/v1", b"/v1/"})
+_METHODS_WITH_BODY = frozenset({b"POST", b"PUT", b"PATCH"})
+_MAX_ERROR_CHARS = 1000
+
+
+class UpgradeNotSupported(BridgeError):
+    """A WebSocket attempt: answered at once so the client falls back to HTTPS."""
+
+    status = 426
+    kind = "invalid_request"
+
+
+@dataclass(frozen=True)
+class ProviderEntry:
+    """A configured provider: its plugin and its settings."""
+
+    provider: Any
+    config: ProviderConfig
+
+
+@dataclass
+class Exchange:
+    """Everything the pipeline learns about one request; becomes its record."""
+
+    request: Any
+    started: float
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    entry: Optional[ProviderEntry] = None
+    subpath: bytes = b""
+    route: Optional[str] = None
+    body: bytes = b""
+    parsed: Optional[dict] = None
+    client: ClientInfo = UNKNOWN_CLIENT
+    credential: Optional[Credential] = None
+    initiator: Optional[Initiator] = None
+    credential_kind: Optional[str] = None
+    upstream_key: Optional[str] = None
+    upstream_status: Optional[int] = None
+    streamed: bool = False
+    relay: Optional[Relay] = None
+    parser: Any = None
+    pending: Optional[Deferred] = None
+    timer: Any = None
+    timed_out: bool = False
+    client_gone: bool = False
+    done: bool = False
+
+
+class Bridge:
+    """
+    The pipeline, holding the parts the plugin chains and the config chose.
+
+    @param agent: an L{twisted.web.iweb.IAgent} for the upstream requests.
+    @param clock: an L{IReactorTime}.
+    @param recorder: anything with C{record(Interception)}.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config, *, providers: Mapping[str, ProviderEntry],
+                 extractors: Sequence[Any], resolvers: Sequence[Any], detectors: Sequence[Any],
+                 agent: Any, clock: Any, recorder: Any, metrics: Optional[Metrics] = None):
+        self.config = config
+        self.providers = {name.encode("ascii"): entry for name, entry in providers.items()}
+        self.extractors = tuple(extractors)
+        self.resolvers = tuple(resolvers)
+        self.detectors = tuple(detectors)
+        self.agent = agent
+        self.clock = clock
+        self.recorder = recorder
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.timeout = config.upstream.timeout
+        self._bridge_headers = tuple(config.auth.coder_token_headers)
+
+    # -- the straight line -----------------------------------------------------------
+
+    def handle(self, request: Any) -> None:
+        """Serve C{request}; always answers it, one way or another."""
+        ex = Exchange(request=request, started=self.clock.seconds())
+        try:
+            self._route(ex)
+            if ex.route is None:  # answered already (a probe)
+                return
+            credential = extract_credential(self.extractors, request)
+            if credential is None:
+                raise AuthenticationFailed(
+                    "No API key provided. Send your bridge key as a Bearer token, in X-Api-Key, "
+                    "or in X-Coder-Token.", reason="missing")
+            ex.credential = credential
+            ex.client = detect_client(self.detectors, request, ex.parsed)
+            outcome = self._resolve(ex, 0, None)
+        except BridgeError as error:
+            self._refuse(ex, error)
+            return
+        except Exception:
+            self._crash(ex, Failure())
+            return
+        if isinstance(outcome, Deferred):
+            outcome.addCallback(self._forward, ex)
+            outcome.addErrback(self._failed_before_upstream, ex)
+        else:
+            try:
+                self._forward(outcome, ex)
+            except BridgeError as error:
+                self._refuse(ex, error)
+            except Exception:
+                self._crash(ex, Failure())
+
+    def _route(self, ex: Exchange) -> None:
+        request = ex.request
+        path = request.path
+        if path.startswith(ALIAS_PREFIX + b"/"):
+            path = path[len(ALIAS_PREFIX):]
+        name, _, rest = path[1:].partition(b"/")
+        entry = self.providers.get(name)
+        if entry is None:
+            raise NotFound(f"Unknown route: {request.method.decode('latin-1', 'replace')} "
+                           f"{_printable(request.path)}")
+        ex.entry = entry
+        ex.subpath = b"/" + rest if rest or path.endswith(b"/") else b""
+        if request.requestHeaders.hasHeader(b"upgrade"):
+            raise UpgradeNotSupported(
+                "WebSocket is not supported by this gateway; use HTTPS (server-sent events).")
+        if request.method == b"HEAD" and ex.subpath in _BASE_PATHS:
+            # Claude Code probes connectivity this way, without a credential.
+            request.setResponseCode(200)
+            request.finish()
+            return
+        route = entry.provider.route(ex.subpath)
+        if route is None:
+            raise NotFound(f"Unknown route: {request.method.decode('latin-1', 'replace')} "
+                           f"{_printable(request.path)}")
+        if getattr(request, "too_large", False):
+            raise PayloadTooLarge(f"Request body is larger than {self.config.max_body_bytes} bytes.")
+        ex.body = request.content.read() if request.content is not None else b""
+        if route and request.method == b"POST":
+            try:
+                parsed = json.loads(ex.body)
+            except ValueError:
+                raise BadRequest("The request body is not valid JSON.") from None
+            if not isinstance(parsed, dict):
+                raise BadRequest("The request body must be a JSON object.")
+            ex.parsed = parsed
+            ex.streamed = parsed.get("stream") is True
+        ex.route = route
+
+    def _resolve(self, ex: Exchange, start: int, initiator: Optional[Initiator]) -> Any:
+        """Run the resolvers from C{start}; synchronous until one returns a Deferred."""
+        resolvers = self.resolvers
+        for i in range(start, len(resolvers)):
+            result = resolvers[i].resolve(ex.request, ex.credential, ex.client, initiator)
+            if isinstance(result, Deferred):
+                return result.addCallback(lambda value, i=i: self._resolve(ex, i + 1, value))
+            initiator = result
+        return initiator
+
+    def _forward(self, initiator: Optional[Initiator], ex: Exchange) -> None:
+        if initiator is None:
+            raise AuthenticationFailed("No user could be resolved for this API key.", reason="no_initiator")
+        ex.initiator = initiator
+        request, entry = ex.request, ex.entry
+        assert entry is not None and ex.credential is not None and ex.route is not None
+        intercepted = bool(ex.route)
+        headers = upstream_headers(request, intercepted=intercepted, bridge_headers=self._bridge_headers)
+        ex.credential_kind, ex.upstream_key = apply_credential(
+            headers, request, ex.credential, entry.provider, entry.config.key, self.config.auth.allow_byok)
+        if self.config.upstream.send_actor_headers:
+            add_actor_headers(headers, initiator)
+        if not intercepted:
+            add_forwarded(headers, request)
+        query = request.uri.partition(b"?")[2]
+        url = entry.provider.upstream_url(entry.config.base_url, ex.subpath, query)
+        producer = BytesProducer(ex.body) if (ex.body or request.method in _METHODS_WITH_BODY) else None
+        ex.pending = self.agent.request(request.method, url, headers, producer)
+        ex.timer = self.clock.callLater(self.timeout, self._headers_timeout, ex)
+        request.notifyFinish().addErrback(self._client_gone, ex)
+        ex.pending.addCallbacks(self._respond, self._upstream_failed,
+                                callbackArgs=(ex,), errbackArgs=(ex,))
+
+    def _headers_timeout(self, ex: Exchange) -> None:
+        ex.timer = None
+        ex.timed_out = True
+        if ex.pending is not None:
+            ex.pending.cancel()
+
+    def _client_gone(self, failure: Failure, ex: Exchange) -> None:
+        ex.client_gone = True
+        if ex.relay is not None:
+            ex.relay.client_gone()
+        elif ex.pending is not None:
+            ex.pending.cancel()
+
+    def _respond(self, response: Any, ex: Exchange) -> None:
+        ex.pending = None
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
+        request, provider = ex.request, ex.entry.provider  # type: ignore[union-attr]
+        ex.upstream_status = response.code
+        if ex.client_gone:
+            response.deliverBody(_Discard())
+            self._record(ex, status="client_disconnected", error="client disconnected before the answer")
+            return
+        content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
+        stream = content_type.startswith(b"text/event-stream")
+        request.setResponseCode(response.code, response.phrase)
+        copy_response_headers(response.headers, request.responseHeaders)
+        if response.length is not UNKNOWN_LENGTH and not stream:
+            request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % response.length])
+        if stream:
+            ex.streamed = True
+            request.responseHeaders.setRawHeaders(b"Cache-Control", [b"no-cache"])
+            request.responseHeaders.setRawHeaders(b"X-Accel-Buffering", [b"no"])
+        if ex.route:
+            ex.parser = provider.usage_parser(ex.route, stream)
+        route = ex.route or ""
+        tail = (lambda kind, message: provider.stream_error_event(route, kind, message)) if stream else None
+        ex.relay = Relay(request, self.clock, self.timeout,
+                         ex.parser.feed if ex.parser is not None else None,
+                         lambda outcome, failure: self._relayed(ex, outcome, failure), tail)
+        response.deliverBody(ex.relay)
+
+    def _relayed(self, ex: Exchange, outcome: str, failure: Optional[Failure]) -> None:
+        usage = ex.parser.finish() if ex.parser is not None else None
+        error = None
+        if outcome != COMPLETE:
+            error = {"timeout": "upstream stalled past the timeout",
+                     "client_disconnected": "client disconnected"}.get(
+                outcome, "upstream connection broke: " + (failure.getErrorMessage() if failure else ""))
+            self.log.info("Relay of {id} ended: {outcome}", id=ex.id, outcome=outcome)
+        elif usage is not None and usage.error:
+            error = usage.error
+        self._record(ex, status=outcome if outcome != COMPLETE else "ok", error=error, usage=usage)
+
+    # -- the ways out --------------------------------------------------------------
+
+    def _upstream_failed(self, failure: Failure, ex: Exchange) -> None:
+        ex.pending = None
+        if ex.timer is not None and ex.timer.active():
+            ex.timer.cancel()
+        ex.timer = None
+        if ex.client_gone:
+            self._record(ex, status="client_disconnected", error="client disconnected before the answer")
+            return
+        if ex.timed_out:
+            error: BridgeError = UpstreamTimeout("The upstream did not answer in time.")
+        else:
+            reason = failure.getErrorMessage() if not failure.check(CancelledError) else "cancelled"
+            self.log.warn("Upstream {provider} unreachable for {id}: {reason}",
+                          provider=ex.entry.provider.name, id=ex.id, reason=_scrub(reason, ex))  # type: ignore[union-attr]
+            error = UpstreamUnavailable("The upstream provider could not be reached.")
+        self._refuse(ex, error)
+
+    def _failed_before_upstream(self, failure: Failure, ex: Exchange) -> None:
+        if failure.check(BridgeError):
+            self._refuse(ex, failure.value)
+        else:
+            self._crash(ex, failure)
+
+    def _refuse(self, ex: Exchange, error: BridgeError) -> None:
+        request = ex.request
+        reason = getattr(error, "reason", error.kind)
+        self.metrics.inc(f"refused:{error.status}:{reason}")
+        self.log.info("Refused {method} {path}: {status} ({reason}) client={client} credential={hint}",
+                      method=request.method.decode("latin-1", "replace"), path=_printable(request.path),
+                      status=error.status, reason=reason, client=ex.client.name,
+                      hint=ex.credential.hint if ex.credential is not None else "none")
+        if ex.initiator is not None:
+            # Authenticated: this belongs in the audit trail too.
+            self._record(ex, status="refused" if error.status < 500 else "upstream_error",
+                         error=error.message, http_status=error.status)
+        if not request.finished and not ex.client_gone:
+            provider = ex.entry.provider if ex.entry is not None else None
+            write_error(request, provider, error)
+
+    def _crash(self, ex: Exchange, failure: Failure) -> None:
+        # The traceback names our code, never a header value: values are only
+        # ever passed as arguments, not formatted into exception messages.
+        self.log.failure("Unexpected error serving {id}", failure, id=ex.id)
+        self._refuse(ex, BridgeError("Internal error in the gateway."))
+
+    def _record(self, ex: Exchange, *, status: str, error: Optional[str] = None,
+                usage: Optional[Usage] = None, http_status: Optional[int] = None) -> None:
+        if ex.done or ex.entry is None:
+            return
+        ex.done = True
+        initiator = ex.initiator
+        parsed = ex.parsed or {}
+        prompt = None
+        if ex.route and parsed:
+            prompt = ex.entry.provider.prompt_of(ex.route, parsed)
+            if prompt is not None:
+                prompt = prompt[: self.config.recording.max_prompt_chars]
+        model = (usage.model if usage is not None and usage.model else None) or (
+            parsed.get("model") if isinstance(parsed.get("model"), str) else None)
+        request = ex.request
+        user_agent = request.requestHeaders.getRawHeaders(b"user-agent")
+        record = Interception(
+            id=ex.id,
+            started_at=ex.started,
+            ended_at=self.clock.seconds(),
+            provider=ex.entry.provider.name,
+            route=ex.route or _printable(ex.subpath),
+            intercepted=bool(ex.route),
+            method=request.method.decode("latin-1", "replace"),
+            model=model,
+            streamed=ex.streamed,
+            client=ex.client.name,
+            client_session_id=ex.client.session_id,
+            user_agent=user_agent[0].decode("latin-1")[:512] if user_agent else None,
+            initiator_id=initiator.user_id if initiator else None,
+            initiator_username=initiator.username if initiator else None,
+            credential_user_id=initiator.credential_user_id if initiator else None,
+            credential_kind=ex.credential_kind,
+            credential_hint=mask_secret(ex.upstream_key) if ex.upstream_key else None,
+            upstream_status=ex.upstream_status if ex.upstream_status is not None else http_status,
+            input_tokens=usage.input_tokens if usage else 0,
+            output_tokens=usage.output_tokens if usage else 0,
+            cache_read_tokens=usage.cache_read_tokens if usage else 0,
+            cache_write_tokens=usage.cache_write_tokens if usage else 0,
+            prompt=prompt,
+            tool_calls=usage.tool_calls if usage else (),
+            stop_reason=usage.stop_reason if usage else None,
+            error=_scrub(error, ex)[:_MAX_ERROR_CHARS] if error else None,
+            status=status if (usage is None or usage.complete or status != "ok") else "incomplete",
+        )
+        self.metrics.inc("interceptions")
+        self.recorder.record(record)
+
+
+def _printable(path: bytes) -> str:
+    """A path for a log line or message: no query string, no control characters."""
+    text = path.split(b"?", 1)[0].decode("latin-1", "replace")[:200]
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _scrub(text: str, ex: Exchange) -> str:
+    """Remove the secrets this exchange knows from C{text} (an upstream may echo them)."""
+    for secret in (ex.credential.token if ex.credential else None, ex.upstream_key):
+        if secret and len(secret) >= 6 and secret in text:
+            text = text.replace(secret, mask_secret(secret))
+    return text
+
+
+class _Discard(Protocol):
+    """Takes an answer nobody is waiting for, and stops it."""
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+
+class BridgeResource(Resource):
+    """The reverse-proxy resource: every path goes to the L{Bridge}."""
+
+    isLeaf = True
+
+    def __init__(self, bridge: Bridge):
+        super().__init__()
+        self.bridge = bridge
+
+    def render(self, request: Any) -> Any:
+        self.bridge.handle(request)
+        return NOT_DONE_YET

@@ -1,0 +1,69 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The HTTP server side: a request class that enforces the body limit while
+the body arrives, and an access log that never shows a query string.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Any
+
+from twisted.web.server import Request, Site
+
+
+class BoundedRequest(Request):
+    """
+    A request whose body is kept in memory up to C{max_body} bytes.  Past
+    that, the body is discarded as it arrives and C{too_large} is set; the
+    pipeline answers 413.
+    """
+
+    max_body = 32 * 1024 * 1024
+    too_large = False
+    _received = 0
+
+    def gotLength(self, length: Any) -> None:
+        self.content = BytesIO()
+        if length is not None and length > self.max_body:
+            self.too_large = True
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.too_large:
+            return
+        self._received += len(data)
+        if self._received > self.max_body:
+            self.too_large = True
+            self.content = BytesIO()
+            return
+        self.content.write(data)
+
+
+def access_log_line(timestamp: str, request: Any) -> str:
+    """
+    A combined-log-format line without the query string (it can carry
+    keys) and without the Referer (it can carry anything).
+    """
+    peer = request.getClientAddress()
+    host = getattr(peer, "host", "-")
+    path = request.path.decode("latin-1", "replace")
+    path = "".join(c if c.isprintable() and c not in '"\\' else "?" for c in path[:512])
+    agent = (request.getHeader(b"user-agent") or b"-").decode("latin-1", "replace")
+    agent = "".join(c if c.isprintable() and c not in '"\\' else "?" for c in agent[:256])
+    return '%s - - %s "%s %s %s" %d %s "-" "%s"' % (
+        host, timestamp, request.method.decode("latin-1", "replace"), path,
+        request.clientproto.decode("latin-1", "replace"), request.code,
+        request.sentLength or "-", agent,
+    )
+
+
+def make_site(resource: Any, max_body: int, reactor: Any = None, timeout: float = 60.0) -> Site:
+    """A L{Site} for the bridge resource with the body limit and the safe access log."""
+    request_class = type("BridgeRequest", (BoundedRequest,), {"max_body": max_body})
+    site = Site(resource, requestFactory=request_class, timeout=timeout,
+                logFormatter=access_log_line, reactor=reactor)
+    site.displayTracebacks = False
+    return site
+
+
+__all__ = ["BoundedRequest", "access_log_line", "make_site"]

@@ -1,0 +1,189 @@
+# -*- test-case-name: tests.test_recording -*-
+"""
+Recording interceptions without slowing the request that made them.
+
+C{record} only appends to an in-memory queue.  A timer flushes the queue
+in batches on the store's thread.  When the store fails, the batch goes
+back to the front of the queue and is retried with a growing delay; when
+the queue is over C{queue_max}, the oldest records are spooled to a local
+file (JSON lines) and replayed once the store answers again.  Inserts are
+idempotent by interception id, so a retry never stores a row twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from dataclasses import asdict
+from typing import Any, Optional
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from bridgeproxy.config import RecordingConfig
+from bridgeproxy.metrics import Metrics
+from bridgeproxy.types import Interception, ToolCall
+
+_MAX_BACKOFF = 30.0
+
+
+def to_json(record: Interception) -> str:
+    return json.dumps(asdict(record), separators=(",", ":"))
+
+
+def from_json(line: str) -> Interception:
+    data = json.loads(line)
+    data["tool_calls"] = tuple(ToolCall(**t) for t in data.get("tool_calls") or ())
+    return Interception(**data)
+
+
+class Recorder:
+    """
+    The queue between the pipeline and the store.
+
+    @param store: an L{bridgeproxy.store.AsyncStore} (or anything with its C{run}).
+    @param clock: an L{IReactorTime}.
+    """
+
+    log = Logger()
+
+    def __init__(self, store: Any, clock: Any, config: RecordingConfig,
+                 metrics: Optional[Metrics] = None):
+        self._store = store
+        self._clock = clock
+        self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.queue: deque[Interception] = deque()
+        self._flushing: Optional[Deferred] = None
+        self._timer = None
+        self._backoff = 0.0
+        self._running = False
+
+    # -- the hot path --------------------------------------------------------
+
+    def record(self, record: Interception) -> None:
+        """Queue a record; never blocks, never raises."""
+        if not self.config.enabled:
+            return
+        self.queue.append(record)
+        if len(self.queue) > self.config.queue_max:
+            self._spool_overflow()
+        elif len(self.queue) >= self.config.batch_size and self._flushing is None and not self._backoff:
+            self._schedule(0)
+
+    # -- flushing --------------------------------------------------------------
+
+    def start(self) -> None:
+        self._running = True
+        self._replay_spool()
+        self._schedule(self.config.flush_interval)
+
+    def _schedule(self, delay: float) -> None:
+        if self._timer is not None and self._timer.active():
+            if delay >= self._timer.getTime() - self._clock.seconds():
+                return
+            self._timer.cancel()
+        self._timer = self._clock.callLater(delay, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        d = self.flush()
+        d.addBoth(lambda _: self._running and self._schedule(self._backoff or self.config.flush_interval))
+
+    def flush(self) -> Deferred:
+        """Write one batch; fires when done (success or not)."""
+        if self._flushing is not None:
+            return self._flushing
+        if not self.queue:
+            if self._backoff == 0 and os.path.exists(self.config.spool_path):
+                self._replay_spool()
+            if not self.queue:
+                return succeed(None)
+        batch = [self.queue.popleft() for _ in range(min(len(self.queue), self.config.batch_size))]
+        d = self._store.run(lambda db: db.insert_interceptions(batch))
+        self._flushing = d
+
+        def done(count: int) -> None:
+            self._flushing = None
+            self._backoff = 0.0
+            self.metrics.inc("recorded", len(batch))
+            if len(self.queue) >= self.config.batch_size:
+                self._schedule(0)
+
+        def failed(failure: Any) -> None:
+            self._flushing = None
+            self.queue.extendleft(reversed(batch))
+            self._backoff = min(_MAX_BACKOFF, max(0.5, self._backoff * 2))
+            self.metrics.inc("store_errors")
+            # The exception text of a database driver names the server and the
+            # table, never a bridge token: tokens never reach the store.
+            self.log.warn("Recording store unavailable ({error}); {queued} records wait, retry in {delay}s",
+                          error=failure.getErrorMessage().splitlines()[0][:200] if failure.getErrorMessage() else
+                          failure.type.__name__, queued=len(self.queue), delay=self._backoff)
+            if len(self.queue) > self.config.queue_max:
+                self._spool_overflow()
+
+        d.addCallbacks(done, failed)
+        return d
+
+    def stop(self) -> Deferred:
+        """Flush what can be flushed; spool the rest to the local file."""
+        self._running = False
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+        def drain(_: Any = None) -> Any:
+            if self.queue and self._backoff == 0:
+                return self.flush().addCallback(drain)
+            if self.queue:
+                self._spool(len(self.queue))
+            return None
+        pending = self._flushing if self._flushing is not None else succeed(None)
+        return pending.addCallback(drain)
+
+    # -- the spool ---------------------------------------------------------------
+
+    def _spool_overflow(self) -> None:
+        self._spool(len(self.queue) - self.config.queue_max + self.config.batch_size)
+
+    def _spool(self, count: int) -> None:
+        count = min(count, len(self.queue))
+        if count <= 0:
+            return
+        lines = [to_json(self.queue.popleft()) for _ in range(count)]
+        try:
+            with open(self.config.spool_path, "a", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+        except OSError as e:
+            self.log.error("Cannot spool {count} records to {path}: {error}; they are lost",
+                           count=count, path=self.config.spool_path, error=e.strerror)
+            self.metrics.inc("records_lost", count)
+            return
+        self.metrics.inc("spooled", count)
+        self.log.warn("Spooled {count} records to {path} while the store is unavailable",
+                      count=count, path=self.config.spool_path)
+
+    def _replay_spool(self) -> None:
+        path = self.config.spool_path
+        if not os.path.exists(path):
+            return
+        replaying = path + ".replay"
+        try:
+            os.replace(path, replaying)
+            with open(replaying, encoding="utf-8") as f:
+                records = []
+                for line in f:
+                    line = line.strip()
+                    if line:
+                        try:
+                            records.append(from_json(line))
+                        except (ValueError, TypeError):
+                            self.metrics.inc("spool_corrupt")
+            os.remove(replaying)
+        except OSError as e:
+            self.log.error("Cannot replay spool {path}: {error}", path=path, error=e.strerror)
+            return
+        self.queue.extendleft(reversed(records))
+        self.log.info("Replaying {count} spooled records", count=len(records))

@@ -1,0 +1,328 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+Synchronous access to the store, the same for SQLite and PostgreSQL.
+
+Everything here blocks: the proxy calls it only from the store's own
+thread (L{bridgeproxy.store.AsyncStore}); the command line calls it
+directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import time
+import uuid
+from dataclasses import asdict
+from typing import Any, Iterable, Optional, Sequence
+
+from bridgeproxy.errors import ConfigError
+from bridgeproxy.store.schema import INTERCEPTION_COLUMNS, LATEST, MIGRATIONS
+from bridgeproxy.types import Identity, Interception, mask_secret
+
+TOKEN_PREFIX = "bp_"
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a bridge token: only its SHA-256 is kept."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class StoreError(Exception):
+    """The store refused an operation (unknown user, duplicate name, ...)."""
+
+
+class Database:
+    """
+    One connection to the store and the queries bridgeproxy makes.
+
+    @ivar dialect: C{"sqlite"} or C{"postgresql"}.
+    """
+
+    def __init__(self, url: str):
+        self.url = url
+        if url.startswith("sqlite:"):
+            self.dialect = "sqlite"
+            path = url[len("sqlite:"):] or ":memory:"
+            self._conn = sqlite3.connect(path, timeout=5.0, isolation_level=None,
+                                         check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA busy_timeout=5000")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+        elif url.startswith(("postgresql://", "postgres://")):
+            self.dialect = "postgresql"
+            try:
+                import psycopg
+            except ImportError:  # pragma: no cover - psycopg is a dependency
+                raise ConfigError("database: PostgreSQL needs the 'psycopg' package") from None
+            self._conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
+        else:
+            raise ConfigError("database must be 'sqlite:PATH' or 'postgresql://...'")
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _sql(self, statement: str) -> str:
+        if self.dialect == "postgresql":
+            return statement.replace("?", "%s")
+        return statement
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Run one statement; return its rows (empty for statements without)."""
+        cur = self._conn.cursor()
+        try:
+            cur.execute(self._sql(statement), tuple(params))
+            if cur.description is None:
+                return []
+            return list(cur.fetchall())
+        finally:
+            cur.close()
+
+    def transaction(self, work):
+        """Run C{work(self)} in one transaction; commit, or roll back and re-raise."""
+        self.execute("BEGIN")
+        try:
+            result = work(self)
+        except BaseException:
+            self.execute("ROLLBACK")
+            raise
+        self.execute("COMMIT")
+        return result
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection
+            pass
+
+    def ping(self) -> bool:
+        """Whether the store answers."""
+        self.execute("SELECT 1")
+        return True
+
+    # -- schema ----------------------------------------------------------------
+
+    def version(self) -> int:
+        """The number of the last migration applied (0 for an empty store)."""
+        rows = self.execute(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+            if self.dialect == "postgresql"
+            else "SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name='schema_version'"
+        )
+        if not rows[0][0]:
+            return 0
+        return int(self.execute("SELECT version FROM schema_version")[0][0])
+
+    def migrate(self) -> list[int]:
+        """
+        Apply every migration not applied yet.  Safe to run from several
+        instances at once on PostgreSQL (an advisory lock serialises them).
+
+        @return: the numbers of the migrations applied now.
+        """
+        applied = []
+        if self.dialect == "postgresql":
+            self.execute("SELECT pg_advisory_lock(724311)")
+        try:
+            if self.version() == 0:
+                self.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                if not self.execute("SELECT version FROM schema_version"):
+                    self.execute("INSERT INTO schema_version (version) VALUES (0)")
+            current = self.version()
+            for number in range(current + 1, LATEST + 1):
+                def step(db, number=number):
+                    for statement in MIGRATIONS[number - 1]:
+                        db.execute(statement)
+                    db.execute("UPDATE schema_version SET version = ?", (number,))
+                self.transaction(step)
+                applied.append(number)
+        finally:
+            if self.dialect == "postgresql":
+                self.execute("SELECT pg_advisory_unlock(724311)")
+        return applied
+
+    # -- users and keys ----------------------------------------------------------
+
+    def ensure_user(self, username: str, user_id: Optional[str] = None, admin: bool = False) -> Identity:
+        """The user named C{username}, created (with C{user_id}) if new."""
+        rows = self.execute("SELECT id, username, disabled, admin FROM users WHERE username = ?", (username,))
+        if rows:
+            uid, name, disabled, is_admin = rows[0]
+            if user_id is not None and user_id != uid:
+                raise StoreError(f"user {username!r} exists with another id ({uid})")
+            if admin and not is_admin:
+                self.execute("UPDATE users SET admin = 1 WHERE id = ?", (uid,))
+                is_admin = 1
+            return Identity(user_id=uid, username=name, disabled=bool(disabled), admin=bool(is_admin))
+        uid = user_id or str(uuid.uuid4())
+        if self.execute("SELECT 1 FROM users WHERE id = ?", (uid,)):
+            raise StoreError(f"user id {uid} already belongs to another user")
+        self.execute(
+            "INSERT INTO users (id, username, disabled, admin, created_at) VALUES (?, ?, 0, ?, ?)",
+            (uid, username, int(admin), time.time()),
+        )
+        return Identity(user_id=uid, username=username, admin=admin)
+
+    def create_key(self, username: str, user_id: Optional[str] = None, admin: bool = False,
+                   expires_at: Optional[float] = None) -> tuple[str, str]:
+        """
+        Create a key for a user (created if new).
+
+        @return: C{(key_id, token)}; the token is shown once and only its
+            hash is kept.
+        """
+        def work(db):
+            user = db.ensure_user(username, user_id, admin)
+            token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+            key_id = uuid.uuid4().hex[:16]
+            db.execute(
+                "INSERT INTO api_keys (id, user_id, key_hash, hint, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (key_id, user.user_id, hash_token(token), mask_secret(token), time.time(), expires_at),
+            )
+            return key_id, token
+        return self.transaction(work)
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        rows = self.execute(
+            "SELECT k.id, u.username, u.id, k.hint, k.created_at, k.expires_at, k.revoked_at, "
+            "u.disabled, u.admin FROM api_keys k JOIN users u ON u.id = k.user_id "
+            "ORDER BY k.created_at"
+        )
+        names = ("key_id", "username", "user_id", "hint", "created_at", "expires_at",
+                 "revoked_at", "user_disabled", "admin")
+        return [dict(zip(names, row)) for row in rows]
+
+    def revoke_key(self, key_id: str) -> bool:
+        """Revoke a key; C{False} when there is no such key that is not revoked."""
+        found = self.execute("SELECT 1 FROM api_keys WHERE id = ? AND revoked_at IS NULL", (key_id,))
+        if not found:
+            return False
+        self.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (time.time(), key_id))
+        return True
+
+    def set_user_disabled(self, username_or_id: str, disabled: bool) -> bool:
+        found = self.execute("SELECT id FROM users WHERE username = ? OR id = ?",
+                             (username_or_id, username_or_id))
+        if not found:
+            return False
+        self.execute("UPDATE users SET disabled = ? WHERE id = ?", (int(disabled), found[0][0]))
+        return True
+
+    def identify(self, token: str, now: Optional[float] = None) -> Optional[Identity]:
+        """The identity a token belongs to, or L{None} if unknown, expired or revoked."""
+        now = time.time() if now is None else now
+        rows = self.execute(
+            "SELECT u.id, u.username, k.id, u.disabled, u.admin FROM api_keys k "
+            "JOIN users u ON u.id = k.user_id WHERE k.key_hash = ? AND k.revoked_at IS NULL "
+            "AND (k.expires_at IS NULL OR k.expires_at > ?)",
+            (hash_token(token), now),
+        )
+        if not rows:
+            return None
+        uid, name, key_id, disabled, admin = rows[0]
+        return Identity(user_id=uid, username=name, key_id=key_id,
+                        disabled=bool(disabled), admin=bool(admin))
+
+    def lookup_user(self, user_id: str) -> Optional[Identity]:
+        rows = self.execute("SELECT id, username, disabled, admin FROM users WHERE id = ?", (user_id,))
+        if not rows:
+            return None
+        uid, name, disabled, admin = rows[0]
+        return Identity(user_id=uid, username=name, disabled=bool(disabled), admin=bool(admin))
+
+    # -- interceptions --------------------------------------------------------------
+
+    def insert_interceptions(self, records: Iterable[Interception]) -> int:
+        """
+        Insert records in one transaction.  Idempotent by id: a record
+        already stored (a retry after a lost answer) is not stored twice.
+        """
+        rows = [interception_row(r) for r in records]
+        if not rows:
+            return 0
+        placeholders = ", ".join("?" for _ in INTERCEPTION_COLUMNS)
+        statement = self._sql(
+            f"INSERT INTO interceptions ({', '.join(INTERCEPTION_COLUMNS)}) "
+            f"VALUES ({placeholders}) ON CONFLICT (id) DO NOTHING"
+        )
+
+        def work(db):
+            cur = db._conn.cursor()
+            try:
+                cur.executemany(statement, rows)
+            finally:
+                cur.close()
+            return len(rows)
+        return self.transaction(work)
+
+    def interceptions(self, *, initiator: Optional[str] = None, client: Optional[str] = None,
+                      since: Optional[float] = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """Recorded interceptions, newest first, filtered."""
+        where, params = self._filters(initiator, client, since)
+        rows = self.execute(
+            f"SELECT {', '.join(INTERCEPTION_COLUMNS)} FROM interceptions{where} "
+            f"ORDER BY started_at DESC, id LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        )
+        result = []
+        for row in rows:
+            record = dict(zip(INTERCEPTION_COLUMNS, row))
+            record["tool_calls"] = json.loads(record["tool_calls"] or "[]")
+            record["intercepted"] = bool(record["intercepted"])
+            record["streamed"] = bool(record["streamed"])
+            result.append(record)
+        return result
+
+    def usage(self, *, by: str = "initiator", initiator: Optional[str] = None,
+              client: Optional[str] = None, since: Optional[float] = None) -> list[dict[str, Any]]:
+        """Token totals grouped by initiator, client or model."""
+        column = {"initiator": "COALESCE(initiator_username, initiator_id)",
+                  "client": "client", "model": "model"}.get(by)
+        if column is None:
+            raise StoreError("usage can be grouped by initiator, client or model")
+        where, params = self._filters(initiator, client, since)
+        rows = self.execute(
+            f"SELECT {column} AS k, COUNT(*), SUM(input_tokens), SUM(output_tokens), "
+            f"SUM(cache_read_tokens), SUM(cache_write_tokens) FROM interceptions{where} "
+            f"GROUP BY {column} ORDER BY 2 DESC",
+            params,
+        )
+        names = (by, "requests", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+        return [dict(zip(names, (r[0], *(int(v or 0) for v in r[1:])))) for r in rows]
+
+    def prune(self, before: float) -> int:
+        """Delete interceptions that started before C{before}; return how many."""
+        count = self.execute("SELECT COUNT(*) FROM interceptions WHERE started_at < ?", (before,))[0][0]
+        self.execute("DELETE FROM interceptions WHERE started_at < ?", (before,))
+        return int(count)
+
+    @staticmethod
+    def _filters(initiator, client, since) -> tuple[str, tuple]:
+        clauses, params = [], []
+        if initiator:
+            clauses.append("(initiator_id = ? OR initiator_username = ?)")
+            params += [initiator, initiator]
+        if client:
+            clauses.append("client = ?")
+            params.append(client)
+        if since is not None:
+            clauses.append("started_at >= ?")
+            params.append(since)
+        return ((" WHERE " + " AND ".join(clauses)) if clauses else ""), tuple(params)
+
+
+def interception_row(r: Interception) -> tuple:
+    """An interception as a row in C{INTERCEPTION_COLUMNS} order."""
+    values = {
+        **{k: v for k, v in asdict(r).items() if k != "tool_calls"},
+        "duration_ms": r.duration_ms,
+        "intercepted": int(r.intercepted),
+        "streamed": int(r.streamed),
+        "tool_calls": json.dumps([
+            {"name": t.name, "arguments": t.arguments, "id": t.call_id} for t in r.tool_calls
+        ]),
+    }
+    return tuple(values[c] for c in INTERCEPTION_COLUMNS)

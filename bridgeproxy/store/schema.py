@@ -1,0 +1,74 @@
+"""
+The schema, as numbered migrations shared by SQLite and PostgreSQL.
+
+Each migration is a list of statements in the common subset of both
+dialects.  C{schema_version} holds the number of the last one applied; a
+migration is applied in one transaction with the bump of that number.
+"""
+
+MIGRATIONS: list[list[str]] = [
+    # 1: users, keys, interceptions
+    [
+        """CREATE TABLE users (
+            id TEXT PRIMARY KEY,
+            username TEXT NOT NULL UNIQUE,
+            disabled INTEGER NOT NULL DEFAULT 0,
+            admin INTEGER NOT NULL DEFAULT 0,
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id),
+            key_hash TEXT NOT NULL UNIQUE,
+            hint TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION,
+            revoked_at DOUBLE PRECISION
+        )""",
+        """CREATE TABLE interceptions (
+            id TEXT PRIMARY KEY,
+            started_at DOUBLE PRECISION NOT NULL,
+            ended_at DOUBLE PRECISION NOT NULL,
+            duration_ms INTEGER NOT NULL,
+            provider TEXT NOT NULL,
+            route TEXT NOT NULL,
+            intercepted INTEGER NOT NULL,
+            method TEXT NOT NULL,
+            model TEXT,
+            streamed INTEGER NOT NULL,
+            client TEXT NOT NULL,
+            client_session_id TEXT,
+            user_agent TEXT,
+            initiator_id TEXT,
+            initiator_username TEXT,
+            credential_user_id TEXT,
+            credential_kind TEXT,
+            credential_hint TEXT,
+            upstream_status INTEGER,
+            input_tokens BIGINT NOT NULL DEFAULT 0,
+            output_tokens BIGINT NOT NULL DEFAULT 0,
+            cache_read_tokens BIGINT NOT NULL DEFAULT 0,
+            cache_write_tokens BIGINT NOT NULL DEFAULT 0,
+            prompt TEXT,
+            tool_calls TEXT NOT NULL DEFAULT '[]',
+            stop_reason TEXT,
+            error TEXT,
+            status TEXT NOT NULL
+        )""",
+        "CREATE INDEX interceptions_started ON interceptions (started_at)",
+        "CREATE INDEX interceptions_initiator ON interceptions (initiator_id, started_at)",
+        "CREATE INDEX interceptions_client ON interceptions (client, started_at)",
+    ],
+]
+
+LATEST = len(MIGRATIONS)
+
+INTERCEPTION_COLUMNS = (
+    "id", "started_at", "ended_at", "duration_ms", "provider", "route",
+    "intercepted", "method", "model", "streamed", "client",
+    "client_session_id", "user_agent", "initiator_id", "initiator_username",
+    "credential_user_id", "credential_kind", "credential_hint",
+    "upstream_status", "input_tokens", "output_tokens", "cache_read_tokens",
+    "cache_write_tokens", "prompt", "tool_calls", "stop_reason", "error",
+    "status",
+)

@@ -1,0 +1,150 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The twistd glue, and the one place where the parts are wired together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from twisted.application import service, strports
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python import usage
+
+from bridgeproxy import chain
+from bridgeproxy.clients import TableDetector
+from bridgeproxy.config import Config, load, override, parse
+from bridgeproxy.errors import ConfigError
+from bridgeproxy.interfaces import (
+    IAuthExtractor, IClientDetector, IIdentityBackend, IInitiatorResolver, IProvider,
+)
+from bridgeproxy.metrics import Metrics
+from bridgeproxy.proxy.forward import make_agent
+from bridgeproxy.proxy.resource import Bridge, BridgeResource, ProviderEntry
+from bridgeproxy.proxy.site import make_site
+from bridgeproxy.recording import Recorder
+from bridgeproxy.store import AsyncStore
+
+log = Logger()
+
+
+class Options(usage.Options):
+    """C{twistd bridgeproxy} options."""
+
+    synopsis = "[--config PATH] [--listen ENDPOINT]"
+    optParameters = [
+        ["config", "c", None, "Path to the TOML configuration file (default: the embedded defaults)."],
+        ["listen", "l", None, "Twisted endpoint to listen on; overrides 'listen' in the configuration."],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            config = load(self["config"]) if self["config"] else parse({})
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["listen"]:
+            config = override(config, listen=self["listen"])
+        self.config = config
+
+
+@dataclass
+class App:
+    """Everything L{build} made, for the service and for tests."""
+
+    config: Config
+    bridge: Bridge
+    resource: BridgeResource
+    site: Any
+    store: AsyncStore
+    recorder: Recorder
+    metrics: Metrics
+    identity: Any
+
+
+def build(config: Config, reactor: Any, *, agent: Any = None, store: Optional[AsyncStore] = None,
+          plugin_package: Any = None) -> App:
+    """
+    Wire the parts the configuration names.
+
+    @param agent: the upstream L{IAgent}; a pooled L{Agent} when omitted.
+    @param plugin_package: where to look for plugins (default:
+        C{twisted.plugins}); tests pass their own.
+    @raise ConfigError: for a plugin name that nothing provides.
+    """
+    metrics = Metrics()
+    if store is None:
+        store = AsyncStore(config.database, reactor)
+    context = chain.PluginContext(config=config, reactor=reactor, metrics=metrics, store=store)
+    identity = chain.select(IIdentityBackend, [config.identity_backend], context,
+                            "identity_backend", plugin_package)[0]
+    context.identity = identity
+    providers = {}
+    found = chain.available(IProvider, plugin_package)
+    for name, provider_config in config.providers.items():
+        provider = chain.select(IProvider, [name], context, "providers", found=found)[0]
+        providers[name] = ProviderEntry(provider=provider, config=provider_config)
+        if provider_config.key is None:
+            log.warn("No key for provider {name} ({source} is empty): only clients that bring "
+                     "their own key can use it", name=name, source=provider_config.key_source)
+    extractors = chain.select(IAuthExtractor, config.auth.extractors, context, "auth.extractors", plugin_package)
+    resolvers = chain.select(IInitiatorResolver, config.initiator.resolvers, context,
+                             "initiator.resolvers", plugin_package)
+    detectors = chain.select(IClientDetector, config.clients.detectors, context,
+                             "clients.detectors", plugin_package) + [TableDetector()]
+    recorder = Recorder(store, reactor, config.recording, metrics)
+    bridge = Bridge(
+        config, providers=providers, extractors=extractors, resolvers=resolvers,
+        detectors=detectors, agent=agent if agent is not None else make_agent(reactor, config.upstream),
+        clock=reactor, recorder=recorder, metrics=metrics,
+    )
+    resource = BridgeResource(bridge)
+    site = make_site(resource, config.max_body_bytes, reactor)
+    return App(config=config, bridge=bridge, resource=resource, site=site, store=store,
+               recorder=recorder, metrics=metrics, identity=identity)
+
+
+class StoreService(service.Service):
+    """Starts the store and the recorder; on stop, flushes what was recorded."""
+
+    def __init__(self, app: App):
+        self.app = app
+
+    def startService(self) -> None:
+        super().startService()
+        self.app.store.start()
+        # Create or migrate the schema now, so a bad database URL shows at start.
+        d = self.app.store.run(lambda db: db.version())
+        d.addErrback(lambda f: log.error("Store {url} unavailable at start: {error}",
+                                         url=_safe_url(self.app.config.database), error=f.getErrorMessage()))
+        self.app.recorder.start()
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        d = self.app.recorder.stop()
+        d.addBoth(lambda _: self.app.store.stop())
+        return d
+
+
+def _safe_url(url: str) -> str:
+    """A database URL without its password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
+
+
+def makeService(options: Options) -> service.IService:
+    """The twistd entry point; the only place that imports the global reactor."""
+    from twisted.internet import reactor
+
+    config: Config = options.config
+    app = build(config, reactor)
+    top = service.MultiService()
+    StoreService(app).setServiceParent(top)
+    listener = strports.service(config.listen, app.site)
+    listener.setServiceParent(top)
+    log.info("bridgeproxy listening on {listen}; store {db}; providers {providers}",
+             listen=config.listen, db=_safe_url(config.database), providers=", ".join(config.providers))
+    return top
