@@ -81,7 +81,8 @@ class Relay(Protocol):
     socket is full, the upstream socket stops being read.  When the client
     goes away, the upstream request is stopped at once.  When the upstream
     sends nothing for C{timeout} seconds (while the client is reading), the
-    relay ends: a stream gets C{stall_tail} (the provider's error event),
+    relay ends: a stream gets C{stall_tail(kind, message)} (the provider's
+    error event),
     so the client's SDK sees an error, not a silent truncation.
 
     @param on_data: called with every chunk after it is written (the
@@ -92,7 +93,7 @@ class Relay(Protocol):
     def __init__(self, request: Any, clock: Any, timeout: float,
                  on_data: Optional[Callable[[bytes], None]],
                  on_done: Callable[[str, Optional[Failure]], None],
-                 stall_tail: Optional[Callable[[str], bytes]] = None):
+                 stall_tail: Optional[Callable[[str, str], bytes]] = None):
         self.request = request
         self.clock = clock
         self.timeout = timeout
@@ -132,7 +133,7 @@ class Relay(Protocol):
             else:
                 self.outcome = UPSTREAM_BROKE
                 if self.stall_tail is not None and not self._finished:
-                    self.request.write(self.stall_tail("The upstream connection broke mid-stream."))
+                    self.request.write(self.stall_tail("api_error", "The upstream connection broke mid-stream."))
         self._finish()
         failure = None if self.outcome == COMPLETE else reason
         self.on_done(self.outcome, failure)
@@ -141,9 +142,18 @@ class Relay(Protocol):
         if self._finished:
             return
         self._finished = True
-        self.request.unregisterProducer()
-        if self.outcome != CLIENT_GONE:
-            self.request.finish()
+        request = self.request
+        if request.channel is None:  # the client is gone already
+            return
+        request.unregisterProducer()
+        if self.outcome == CLIENT_GONE:
+            return
+        if self.outcome != COMPLETE and self.stall_tail is None:
+            # A truncated JSON answer must not look complete: close the
+            # connection without the final chunk, so the client sees an error.
+            request.loseConnection()
+            return
+        request.finish()
 
     def _check_stall(self) -> None:
         self._timer = None
@@ -155,7 +165,8 @@ class Relay(Protocol):
             return
         self.outcome = STALLED
         if self.stall_tail is not None:
-            self.request.write(self.stall_tail("The upstream stopped sending before the answer was complete."))
+            self.request.write(self.stall_tail(
+                "timeout", "The upstream stopped sending before the answer was complete."))
         self.transport.stopProducing()
 
     # -- client side (IPushProducer) ----------------------------------------------
@@ -174,6 +185,15 @@ class Relay(Protocol):
 
     def stopProducing(self) -> None:
         self.client_gone()
+
+    def delivered(self) -> None:
+        """
+        Call after C{response.deliverBody(relay)}: deliverBody resumes the
+        upstream transport after connecting the relay, which would undo a
+        pause the client asked for while the relay was being connected.
+        """
+        if self._paused and not self._finished:
+            self.transport.pauseProducing()
 
     def client_gone(self) -> None:
         """The client disconnected: stop reading (and paying for) the answer."""

@@ -260,6 +260,7 @@ class Bridge:
                          ex.parser.feed if ex.parser is not None else None,
                          lambda outcome, failure: self._relayed(ex, outcome, failure), tail)
         response.deliverBody(ex.relay)
+        ex.relay.delivered()
 
     def _relayed(self, ex: Exchange, outcome: str, failure: Optional[Failure]) -> None:
         usage = ex.parser.finish() if ex.parser is not None else None

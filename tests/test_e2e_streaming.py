@@ -1,0 +1,238 @@
+"""
+Streaming over real loopback sockets (SPEC section 6): events relayed as
+they arrive, back-pressure, cancellation on disconnect, the stall timeout,
+and the upstream connection pool.
+"""
+
+import json
+
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import Protocol
+from twisted.web.http_headers import Headers
+
+from bridgeproxy.proxy.forward import BytesProducer
+from tests import fakes
+from tests.http import call
+
+ANTHROPIC_EVENTS = [
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant",'
+    b'"model":"claude-sonnet-4-5","content":[],"stop_reason":null,"usage":{"input_tokens":25,"output_tokens":1,'
+    b'"cache_read_input_tokens":100,"cache_creation_input_tokens":7}}}\n\n',
+    b'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}\n\n',
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hel"}}\n\n',
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"lo"}}\n\n',
+    b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n',
+    b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},'
+    b'"usage":{"output_tokens":12}}\n\n',
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
+]
+STREAM_MESSAGES = {"model": "claude-sonnet-4-5", "max_tokens": 10, "stream": True,
+                   "messages": [{"role": "user", "content": "hi"}]}
+STREAM_CHAT = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def sleep(seconds):
+    d = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+class Collector(Protocol):
+    """Collects a streamed body; C{first} fires at the first bytes, C{done} at the end."""
+
+    def __init__(self, pause=False):
+        self.chunks = []
+        self.first = defer.Deferred()
+        self.done = defer.Deferred()
+        self.pause = pause
+        self.reason = None
+
+    def dataReceived(self, data):
+        self.chunks.append(data)
+        if not self.first.called:
+            self.first.callback(data)
+
+    def connectionLost(self, reason):
+        self.reason = reason
+        self.done.callback(b"".join(self.chunks))
+
+    @property
+    def size(self):
+        return sum(map(len, self.chunks))
+
+
+@defer.inlineCallbacks
+def open_stream(agent, url, body, headers, collector):
+    hdrs = Headers({k.encode(): [v.encode()] for k, v in headers.items()})
+    hdrs.setRawHeaders(b"content-type", [b"application/json"])
+    response = yield agent.request(b"POST", url.encode(), hdrs, BytesProducer(json.dumps(body).encode()))
+    response.deliverBody(collector)
+    if collector.pause:
+        # Not in connectionMade: deliverBody resumes the transport after it.
+        collector.transport.pauseProducing()
+    return response
+
+
+@pytest_twisted.inlineCallbacks
+def test_events_reach_client_before_upstream_sends_the_last(bridge, agent):
+    """The first event reaches the client while the upstream is still holding back the rest."""
+    token = bridge.create_key("alice")
+    gate = defer.Deferred()
+    bridge.upstream.handler = fakes.sse_answer(ANTHROPIC_EVENTS, gate=gate, gate_after=1)
+    collector = Collector()
+    response = yield open_stream(agent, bridge.url + "/anthropic/v1/messages", STREAM_MESSAGES,
+                                 {"X-Api-Key": token}, collector)
+    first = yield collector.first
+    assert first.startswith(b"event: message_start")
+    assert not gate.called
+    assert response.headers.getRawHeaders(b"cache-control") == [b"no-cache"]
+    assert response.headers.getRawHeaders(b"x-accel-buffering") == [b"no"]
+    assert response.headers.getRawHeaders(b"content-type") == [b"text/event-stream"]
+    gate.callback(None)
+    body = yield collector.done
+    assert body == b"".join(ANTHROPIC_EVENTS)
+    yield bridge.flush()
+    row = bridge.rows()[0]
+    assert row["streamed"] is True
+    assert (row["input_tokens"], row["output_tokens"], row["cache_read_tokens"], row["cache_write_tokens"]) == (
+        25, 12, 100, 7)
+    assert row["status"] == "ok"
+    assert row["stop_reason"] == "end_turn"
+
+
+@pytest_twisted.inlineCallbacks
+def test_client_disconnect_cancels_upstream(bridge, agent):
+    """A client that goes away mid-stream cancels the upstream request at once; the row says so, with tokens so far."""
+    token = bridge.create_key("alice")
+    gate = defer.Deferred()
+    bridge.upstream.handler = fakes.sse_answer(ANTHROPIC_EVENTS, gate=gate, gate_after=1)
+    collector = Collector()
+    yield open_stream(agent, bridge.url + "/anthropic/v1/messages", STREAM_MESSAGES, {"X-Api-Key": token}, collector)
+    yield collector.first
+    collector.transport.stopProducing()  # the client hangs up
+    for _ in range(50):
+        if bridge.upstream.lost:
+            break
+        yield sleep(0.02)
+    assert len(bridge.upstream.lost) == 1
+    yield bridge.flush()
+    row = bridge.rows()[0]
+    assert row["status"] == "client_disconnected"
+    assert row["input_tokens"] == 25
+
+
+@pytest_twisted.inlineCallbacks
+def test_client_disconnect_before_headers_cancels_upstream(bridge, agent):
+    """A client that goes away while the upstream is still thinking cancels the upstream request."""
+    token = bridge.create_key("alice")
+    bridge.upstream.handler = fakes.never_answer
+    d = call(agent, "POST", bridge.url + "/anthropic/v1/messages", STREAM_MESSAGES, {"X-Api-Key": token})
+    for _ in range(50):
+        if bridge.upstream.requests:
+            break
+        yield sleep(0.02)
+    d.cancel()
+    d.addErrback(lambda f: None)
+    for _ in range(50):
+        if bridge.upstream.lost:
+            break
+        yield sleep(0.02)
+    assert len(bridge.upstream.lost) == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_mid_stream_stall_ends_with_anthropic_error_event(tmp_path, agent, captured_log):
+    """An upstream that stalls mid-stream: the client gets what came, then an Anthropic `event: error`."""
+    running = yield fakes.start_bridge(tmp_path, {"upstream": {"timeout": 0.3}})
+    running.upstream.handler = fakes.sse_answer(ANTHROPIC_EVENTS, hang_after=2)
+    try:
+        token = running.create_key("alice")
+        collector = Collector()
+        yield open_stream(agent, running.url + "/anthropic/v1/messages", STREAM_MESSAGES,
+                          {"X-Api-Key": token}, collector)
+        body = yield collector.done
+        assert body.startswith(ANTHROPIC_EVENTS[0] + ANTHROPIC_EVENTS[1])
+        tail = body[len(ANTHROPIC_EVENTS[0] + ANTHROPIC_EVENTS[1]):]
+        assert tail.startswith(b"event: error\ndata: ")
+        event = json.loads(tail.split(b"data: ", 1)[1])
+        assert event["type"] == "error" and event["error"]["type"] == "timeout_error"
+        yield running.flush()
+        assert running.rows()[0]["status"] == "timeout"
+        yield sleep(0.05)
+        assert len(running.upstream.lost) == 1
+    finally:
+        yield running.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_mid_stream_stall_ends_openai_chat_with_error_and_done(tmp_path, agent, captured_log):
+    """An OpenAI chat stream that stalls ends with `data: {"error":...}` then `data: [DONE]`."""
+    chunk = b'data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+    running = yield fakes.start_bridge(tmp_path, {"upstream": {"timeout": 0.3}})
+    running.upstream.handler = fakes.sse_answer([chunk, chunk], hang_after=1)
+    try:
+        token = running.create_key("alice")
+        collector = Collector()
+        yield open_stream(agent, running.url + "/openai/v1/chat/completions", STREAM_CHAT,
+                          {"Authorization": f"Bearer {token}"}, collector)
+        body = yield collector.done
+        assert body.startswith(chunk)
+        events = [e for e in body[len(chunk):].split(b"\n\n") if e]
+        assert json.loads(events[0][len(b"data: "):])["error"]["code"] == "upstream_timeout"
+        assert events[1] == b"data: [DONE]"
+    finally:
+        yield running.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_slow_client_pauses_upstream_read(bridge, agent):
+    """A client that does not read stops the upstream read (back-pressure): the upstream is paused, memory bounded."""
+    token = bridge.create_key("alice")
+    hoses = []
+
+    def firehose(request, received):
+        request.setHeader(b"content-type", b"text/event-stream")
+        hose = fakes.Firehose(request)
+        hoses.append(hose)
+        hose.start()
+        from twisted.web.server import NOT_DONE_YET
+        return NOT_DONE_YET
+    bridge.upstream.handler = firehose
+    collector = Collector(pause=True)
+    yield open_stream(agent, bridge.url + "/anthropic/v1/messages", STREAM_MESSAGES, {"X-Api-Key": token}, collector)
+    yield sleep(1.0)
+    hose = hoses[0]
+    written_at_1s = hose.written
+    yield sleep(0.5)
+    assert hose.paused and hose.pauses >= 1
+    # Kernel socket buffers hold a few MB; without back-pressure this would be GBs.
+    assert hose.written < 64 * 1024 * 1024
+    assert hose.written - written_at_1s < 4 * 1024 * 1024
+    # Reading again resumes the flow.
+    collector.transport.resumeProducing()
+    yield sleep(0.3)
+    assert hose.written > written_at_1s
+    collector.transport.stopProducing()
+    for _ in range(50):
+        if hose.stopped or bridge.upstream.lost:
+            break
+        yield sleep(0.02)
+    assert bridge.upstream.lost
+
+
+@pytest_twisted.inlineCallbacks
+def test_upstream_connections_are_kept_alive(tmp_path, agent, captured_log):
+    """Sequential requests reuse one pooled upstream connection; the pool size comes from the configuration."""
+    running = yield fakes.start_bridge(tmp_path, {"upstream": {"max_connections_per_host": 17}})
+    try:
+        assert running.app.bridge.agent._pool.maxPersistentPerHost == 17
+        token = running.create_key("alice")
+        for _ in range(3):
+            response, _ = yield call(agent, "POST", running.url + "/openai/v1/chat/completions",
+                                     {"model": "gpt-4o", "messages": []}, {"Authorization": f"Bearer {token}"})
+            assert response.code == 200
+        ports = {r.peer_port for r in running.upstream.requests}
+        assert len(ports) == 1
+    finally:
+        yield running.stop()
