@@ -1,0 +1,153 @@
+"""
+The command line and twistd glue, as a user runs them: `bridgeproxy keys`,
+`twistd --help`, and `twistd -n bridgeproxy --config` serving real requests.
+"""
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, threads
+from twisted.web import server
+
+from bridgeproxy import cli
+from bridgeproxy.store import Database
+from bridgeproxy.tap import Options
+from tests import fakes
+from tests.http import call
+
+ROOT = Path(__file__).resolve().parent.parent
+TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
+
+
+def write_config(tmp_path, upstream_url="http://127.0.0.1:9", port=0, extra=""):
+    path = tmp_path / "bridge.toml"
+    path.write_text(f"""
+listen = "tcp:{port}:interface=127.0.0.1"
+database = "sqlite:{tmp_path / 'bridge.db'}"
+[providers.openai]
+base_url = "{upstream_url}/v1"
+key_env = "T_OPENAI_KEY"
+[providers.anthropic]
+base_url = "{upstream_url}"
+key_env = "T_ANTHROPIC_KEY"
+[recording]
+spool_path = "{tmp_path / 'spool.jsonl'}"
+flush_interval = 0.05
+{extra}
+""")
+    return str(path)
+
+
+def test_keys_create_prints_only_the_token(tmp_path, capsys):
+    """`bridgeproxy keys create` prints the new token alone on stdout; only its hash is stored."""
+    config = write_config(tmp_path)
+    out = io.StringIO()
+    assert cli.main(["keys", "create", "--config", config, "--username", "alice",
+                     "--user-id", fakes.OWNER_ID], out) == 0
+    token = out.getvalue()
+    assert token.count("\n") == 1 and token.startswith("bp_")
+    token = token.strip()
+    db = Database(f"sqlite:{tmp_path / 'bridge.db'}")
+    assert db.identify(token).user_id == fakes.OWNER_ID
+    listing = io.StringIO()
+    cli.main(["keys", "list", "--config", config, "--json"], listing)
+    keys = json.loads(listing.getvalue())
+    assert keys[0]["username"] == "alice" and token not in listing.getvalue()
+    assert cli.main(["keys", "revoke", "--config", config, keys[0]["key_id"]], io.StringIO()) == 0
+    assert db.identify(token) is None
+    assert cli.main(["keys", "revoke", "--config", config, keys[0]["key_id"]], io.StringIO()) == 1
+
+
+def test_users_disable_and_bad_input(tmp_path, capsys):
+    """`bridgeproxy users disable` marks the user; a bad --user-id is refused with a clear message."""
+    config = write_config(tmp_path)
+    cli.main(["keys", "create", "--config", config, "--username", "bob"], io.StringIO())
+    assert cli.main(["users", "disable", "--config", config, "bob"], io.StringIO()) == 0
+    assert Database(f"sqlite:{tmp_path / 'bridge.db'}").list_keys()[0]["user_disabled"]
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["keys", "create", "--config", config, "--username", "x", "--user-id", "nope"], io.StringIO())
+    assert "UUIDv4" in str(caught.value)
+
+
+def test_options_report_config_errors(tmp_path):
+    """twistd options turn a bad configuration into a usage error naming the key."""
+    from twisted.python.usage import UsageError
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[auth]\nallow_byok = 'yes'\n")
+    with pytest.raises(UsageError) as caught:
+        Options().parseOptions(["--config", str(bad)])
+    assert "auth.allow_byok" in str(caught.value)
+    options = Options()
+    options.parseOptions(["--config", write_config(tmp_path), "--listen", "tcp:1234"])
+    assert options.config.listen == "tcp:1234"
+
+
+def test_twistd_lists_the_plugin():
+    """`twistd --help` lists bridgeproxy."""
+    result = subprocess.run(TWISTD + ["--help"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60)
+    assert "bridgeproxy" in result.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError("twistd exited early")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("twistd did not start listening")
+
+
+@pytest_twisted.inlineCallbacks
+def test_twistd_serves_and_stops_cleanly(tmp_path, agent):
+    """`twistd -n bridgeproxy --config` proxies a real request, records it, and flushes it on SIGTERM."""
+    upstream = fakes.FakeUpstream()
+    upstream.handler = fakes.json_answer(200, {
+        "id": "c", "model": "gpt-4o", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}})
+    up_port = reactor.listenTCP(0, server.Site(upstream), interface="127.0.0.1")
+    port = free_port()
+    config = write_config(tmp_path, f"http://127.0.0.1:{up_port.getHost().port}", port)
+    out = io.StringIO()
+    cli.main(["keys", "create", "--config", config, "--username", "alice"], out)
+    token = out.getvalue().strip()
+    env = dict(os.environ, T_OPENAI_KEY=fakes.OPENAI_KEY, T_ANTHROPIC_KEY=fakes.ANTHROPIC_KEY)
+    log_path = tmp_path / "twistd.log"
+    proc = subprocess.Popen(
+        TWISTD + ["-n", "--pidfile=", "--logfile", str(log_path),
+         "bridgeproxy", "--config", config], cwd=ROOT, env=env)
+    try:
+        yield threads.deferToThread(wait_for_port, port, proc)
+        response, body = yield call(agent, "POST", f"http://127.0.0.1:{port}/openai/v1/chat/completions",
+                                    {"model": "gpt-4o", "messages": []}, {"Authorization": f"Bearer {token}"})
+        assert response.code == 200
+        assert upstream.requests[0].headers["authorization"] == [f"Bearer {fakes.OPENAI_KEY}"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = yield threads.deferToThread(proc.wait, 30)
+        yield up_port.stopListening()
+    # twistd re-raises the signal it stopped for, so that a supervisor sees it.
+    assert code in (0, -signal.SIGTERM)
+    rows = Database(f"sqlite:{tmp_path / 'bridge.db'}").interceptions()
+    assert [(r["initiator_username"], r["input_tokens"], r["output_tokens"]) for r in rows] == [("alice", 3, 4)]
+    log_text = log_path.read_text()
+    assert "listening on" in log_text
+    assert token not in log_text and fakes.OPENAI_KEY not in log_text
