@@ -24,12 +24,15 @@ def single_header(request: Any, name: str) -> Optional[str]:
         different values: guessing which one is meant is how a forged
         header wins.
     """
-    values = request.requestHeaders.getRawHeaders(name)
+    key = _NAMES.get(name)
+    if key is None:
+        key = _NAMES[name] = name.lower().encode("ascii")
+    values = request.requestHeaders.getRawHeaders(key)
     if not values:
         return None
     found = None
     for raw in values:
-        value = raw.decode("latin-1").strip() if isinstance(raw, bytes) else raw.strip()
+        value = raw.decode("latin-1").strip()
         if not value:
             continue
         if found is None:
@@ -37,6 +40,11 @@ def single_header(request: Any, name: str) -> Optional[str]:
         elif value != found:
             raise BadRequest(f"the {name} header was sent more than once with different values")
     return found
+
+
+#: Header names as bytes, encoded once: Twisted normalises str names on
+#: every call otherwise.
+_NAMES: dict[str, bytes] = {}
 
 
 def bearer_token(value: Optional[str]) -> Optional[str]:

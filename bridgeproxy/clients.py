@@ -20,12 +20,17 @@ from bridgeproxy.types import UNKNOWN_CLIENT, ClientInfo
 _MAX_SESSION_ID = 256
 
 
+_NAMES: dict[str, bytes] = {}
+
+
 def _header(request: Any, name: str) -> Optional[str]:
-    values = request.requestHeaders.getRawHeaders(name)
+    key = _NAMES.get(name)
+    if key is None:
+        key = _NAMES[name] = name.lower().encode("ascii")
+    values = request.requestHeaders.getRawHeaders(key)
     if not values:
         return None
-    value = values[0].decode("latin-1").strip() if isinstance(values[0], bytes) else values[0].strip()
-    return value[:_MAX_SESSION_ID] or None
+    return values[0][:_MAX_SESSION_ID].decode("latin-1").strip() or None
 
 
 def claude_code_body_session(body: Optional[dict]) -> Optional[str]:
@@ -80,7 +85,8 @@ class ClientRule:
             return True
         if self.originators and originator in self.originators:
             return True
-        if self.header_present is not None and request.requestHeaders.hasHeader(self.header_present):
+        if self.header_present is not None and request.requestHeaders.hasHeader(
+                self.header_present.lower().encode("ascii")):
             return True
         return False
 

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.plugin import IPlugin
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from bridgeproxy.interfaces import IConfigurable, IIdentityBackend
@@ -39,6 +40,7 @@ class KeystoreBackend:
         self._ttl = cache_seconds
         self._tokens: dict[str, tuple[float, Optional[Identity]]] = {}
         self._users: dict[str, tuple[float, Optional[Identity]]] = {}
+        self._pending: dict[str, list[Deferred]] = {}
 
     def _cached(self, cache: dict, key: str):
         entry = cache.get(key)
@@ -58,9 +60,24 @@ class KeystoreBackend:
         hit, value = self._cached(self._tokens, key)
         if hit:
             return succeed(value)
-        d = self._store.run(lambda db: db.identify(token))
-        d.addCallback(lambda identity: self._remember(self._tokens, key, identity))
-        return d
+        waiting = self._pending.get(key)
+        if waiting is None:
+            # One store round trip however many requests with this token
+            # arrive before it answers (a client opening many streams).
+            waiting = self._pending[key] = []
+            d = self._store.run(lambda db: db.identify(token))
+            d.addCallback(lambda identity: self._remember(self._tokens, key, identity))
+            d.addBoth(self._answer, key)
+        mine: Deferred = Deferred()
+        waiting.append(mine)
+        return mine
+
+    def _answer(self, result: Any, key: str) -> None:
+        for d in self._pending.pop(key, ()):
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
 
     def lookup_user(self, user_id: str) -> "Deferred[Optional[Identity]]":
         hit, value = self._cached(self._users, user_id)

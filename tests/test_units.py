@@ -350,3 +350,25 @@ def test_clock_is_injected():
     clock.advance(6)
     backend.identify("t")
     assert Store.calls == 2
+
+
+def test_concurrent_lookups_share_one_store_call():
+    """Requests with the same token that arrive before the store answers cost one store call."""
+    from twisted.internet.defer import Deferred
+
+    from bridgeproxy.identity import KeystoreBackend
+
+    class SlowStore:
+        pending = []
+
+        def run(self, work):
+            d = Deferred()
+            SlowStore.pending.append(d)
+            return d
+    backend = KeystoreBackend(SlowStore(), Clock(), cache_seconds=5)
+    results = []
+    for _ in range(3):
+        backend.identify("t").addCallback(results.append)
+    assert len(SlowStore.pending) == 1
+    SlowStore.pending[0].callback(Identity("u", "n"))
+    assert [r.user_id for r in results] == ["u", "u", "u"]

@@ -39,6 +39,14 @@ class BoundedRequest(Request):
         self.content.write(data)
 
 
+def _clean(raw: bytes, limit: int) -> str:
+    """Printable text for a log line: no quotes, backslashes or control characters."""
+    text = raw[:limit].decode("latin-1", "replace")
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    return "".join(c if c.isprintable() and c not in '"\\' else "?" for c in text)
+
+
 def access_log_line(timestamp: str, request: Any) -> str:
     """
     A combined-log-format line without the query string (it can carry
@@ -46,10 +54,8 @@ def access_log_line(timestamp: str, request: Any) -> str:
     """
     peer = request.getClientAddress()
     host = getattr(peer, "host", "-")
-    path = request.path.decode("latin-1", "replace")
-    path = "".join(c if c.isprintable() and c not in '"\\' else "?" for c in path[:512])
-    agent = (request.getHeader(b"user-agent") or b"-").decode("latin-1", "replace")
-    agent = "".join(c if c.isprintable() and c not in '"\\' else "?" for c in agent[:256])
+    path = _clean(request.path, 512)
+    agent = _clean(request.getHeader(b"user-agent") or b"-", 256)
     return '%s - - %s "%s %s %s" %d %s "-" "%s"' % (
         host, timestamp, request.method.decode("latin-1", "replace"), path,
         request.clientproto.decode("latin-1", "replace"), request.code,

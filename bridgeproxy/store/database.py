@@ -15,7 +15,6 @@ import secrets
 import sqlite3
 import time
 import uuid
-from dataclasses import asdict
 from typing import Any, Iterable, Optional, Sequence
 
 from bridgeproxy.errors import ConfigError
@@ -316,13 +315,14 @@ class Database:
 
 def interception_row(r: Interception) -> tuple:
     """An interception as a row in C{INTERCEPTION_COLUMNS} order."""
-    values = {
-        **{k: v for k, v in asdict(r).items() if k != "tool_calls"},
-        "duration_ms": r.duration_ms,
-        "intercepted": int(r.intercepted),
-        "streamed": int(r.streamed),
-        "tool_calls": json.dumps([
-            {"name": t.name, "arguments": t.arguments, "id": t.call_id} for t in r.tool_calls
-        ]),
-    }
-    return tuple(values[c] for c in INTERCEPTION_COLUMNS)
+    # Written out rather than dataclasses.asdict: this runs for every
+    # request, on the store's thread, holding the GIL the reactor needs.
+    tools = json.dumps([{"name": t.name, "arguments": t.arguments, "id": t.call_id} for t in r.tool_calls]) \
+        if r.tool_calls else "[]"
+    return (
+        r.id, r.started_at, r.ended_at, r.duration_ms, r.provider, r.route, int(r.intercepted), r.method,
+        r.model, int(r.streamed), r.client, r.client_session_id, r.user_agent, r.initiator_id,
+        r.initiator_username, r.credential_user_id, r.credential_kind, r.credential_hint, r.upstream_status,
+        r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens, r.prompt, tools,
+        r.stop_reason, r.error, r.status,
+    )

@@ -1,0 +1,114 @@
+"""
+N concurrent streaming requests: time to first byte, gaps between events,
+failures.  A raw HTTP/1.1 client (no SDK overhead) so that the client is not
+what is measured.
+
+Usage: python benchmarks/streams.py HOST:PORT PATH N [TOKEN] > JSON
+"""
+
+import json
+import statistics
+import sys
+import time
+
+from twisted.internet import reactor
+from twisted.internet.protocol import ClientFactory, Protocol
+
+BODY = b'{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+
+
+class Stream(Protocol):
+    def __init__(self, result, path, token):
+        self.result = result
+        self.path = path
+        self.token = token
+        self.arrivals = []
+        self.data = bytearray()
+        self.start = 0.0
+
+    def connectionMade(self):
+        self.start = time.perf_counter()
+        auth = b"Authorization: Bearer %s\r\n" % self.token.encode() if self.token else b""
+        self.transport.write(
+            b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n%s"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (self.path.encode(), auth, len(BODY), BODY))
+
+    def dataReceived(self, data):
+        now = time.perf_counter()
+        self.data += data
+        for _ in range(data.count(b"data: ")):
+            self.arrivals.append(now)
+
+    def connectionLost(self, reason):
+        ok = self.data.startswith(b"HTTP/1.1 200") and b"[DONE]" in self.data
+        self.result.done(self, ok)
+
+
+class Factory(ClientFactory):
+    def __init__(self, result, path, token):
+        self.result, self.path, self.token = result, path, token
+
+    def buildProtocol(self, addr):
+        return Stream(self.result, self.path, self.token)
+
+    def clientConnectionFailed(self, connector, reason):
+        self.result.failures += 1
+        self.result.finish_one()
+
+
+class Result:
+    def __init__(self, n):
+        self.n = n
+        self.finished = 0
+        self.failures = 0
+        self.ttfb = []
+        self.gaps = []
+        self.events = 0
+
+    def done(self, stream, ok):
+        if ok and stream.arrivals:
+            self.ttfb.append(stream.arrivals[0] - stream.start)
+            self.gaps.extend(b - a for a, b in zip(stream.arrivals, stream.arrivals[1:]))
+            self.events += len(stream.arrivals)
+        else:
+            self.failures += 1
+        self.finish_one()
+
+    def finish_one(self):
+        self.finished += 1
+        if self.finished == self.n:
+            reactor.stop()
+
+
+def pct(values, p):
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * p))]
+
+
+def main():
+    host, port = sys.argv[1].split(":")
+    path, n = sys.argv[2], int(sys.argv[3])
+    token = sys.argv[4] if len(sys.argv) > 4 else ""
+    result = Result(n)
+    factory = Factory(result, path, token)
+    # Open the connections over ~0.5 s, as clients would arrive.
+    for i in range(n):
+        reactor.callLater(i * 0.5 / n, reactor.connectTCP, host, int(port), factory, 30)
+    reactor.callLater(120, reactor.stop)
+    began = time.perf_counter()
+    reactor.run()
+    print(json.dumps({
+        "streams": n, "failures": result.failures + (n - result.finished), "events": result.events,
+        "wall_s": round(time.perf_counter() - began, 2),
+        "ttfb_p50_ms": round(1000 * statistics.median(result.ttfb), 2) if result.ttfb else None,
+        "ttfb_p99_ms": round(1000 * pct(result.ttfb, 0.99), 2) if result.ttfb else None,
+        "gap_p50_ms": round(1000 * statistics.median(result.gaps), 2) if result.gaps else None,
+        "gap_p99_ms": round(1000 * pct(result.gaps, 0.99), 2) if result.gaps else None,
+        "gap_max_ms": round(1000 * max(result.gaps), 2) if result.gaps else None,
+    }))
+
+
+if __name__ == "__main__":
+    main()

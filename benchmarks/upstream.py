@@ -1,0 +1,88 @@
+"""
+A fast fake provider for the benchmarks: a bare HTTP/1.1 keep-alive server.
+
+POST /v1/chat/completions           -> a fixed JSON completion with usage
+POST /v1/chat/completions (stream)  -> EVENTS SSE chunks, one every GAP_MS
+
+Usage: python benchmarks/upstream.py PORT [EVENTS] [GAP_MS]
+"""
+
+import json
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory, Protocol
+
+BODY = json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there!"},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+}).encode()
+BLOCKING = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(BODY)) + BODY
+STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+EVENT = b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"content":"tok"}}]}\n\n'
+LAST = (b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o","choices":[],'
+        b'"usage":{"prompt_tokens":12,"completion_tokens":20}}\n\ndata: [DONE]\n\n')
+
+
+class Upstream(Protocol):
+    events = 20
+    gap = 0.05
+
+    def connectionMade(self):
+        self.buffer = b""
+
+    def dataReceived(self, data):
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buffer[:end]
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(self.buffer) < end + 4 + length:
+                return
+            body = self.buffer[end + 4:end + 4 + length]
+            self.close_after = b"connection: close" in head.lower()
+            self.buffer = self.buffer[end + 4 + length:]
+            if b'"stream": true' in body or b'"stream":true' in body:
+                self.transport.write(STREAM_HEAD)
+                self.stream(0)
+            else:
+                self.transport.write(BLOCKING)
+
+    def stream(self, i):
+        if not self.transport.connected:
+            return
+        if i == self.events:
+            self.transport.write(chunk(LAST) + b"0\r\n\r\n")
+            if self.close_after:
+                self.transport.loseConnection()
+            return
+        self.transport.write(chunk(EVENT))
+        reactor.callLater(self.gap, self.stream, i + 1)
+
+
+def main():
+    port = int(sys.argv[1])
+    if len(sys.argv) > 2:
+        Upstream.events = int(sys.argv[2])
+    if len(sys.argv) > 3:
+        Upstream.gap = float(sys.argv[3]) / 1000
+    reactor.listenTCP(port, Factory.forProtocol(Upstream), interface="127.0.0.1", backlog=4096)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
