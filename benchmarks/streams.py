@@ -3,7 +3,7 @@ N concurrent streaming requests: time to first byte, gaps between events,
 failures.  A raw HTTP/1.1 client (no SDK overhead) so that the client is not
 what is measured.
 
-Usage: python benchmarks/streams.py HOST:PORT PATH N [TOKEN] > JSON
+Usage: python benchmarks/streams.py HOST:PORT PATH N RAMP_SECONDS [TOKEN] > JSON
 """
 
 import json
@@ -28,6 +28,7 @@ class Stream(Protocol):
 
     def connectionMade(self):
         self.start = time.perf_counter()
+        self.result.opened()
         auth = b"Authorization: Bearer %s\r\n" % self.token.encode() if self.token else b""
         self.transport.write(
             b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n%s"
@@ -64,8 +65,15 @@ class Result:
         self.ttfb = []
         self.gaps = []
         self.events = 0
+        self.open = 0
+        self.peak = 0
+
+    def opened(self):
+        self.open += 1
+        self.peak = max(self.peak, self.open)
 
     def done(self, stream, ok):
+        self.open -= 1
         if ok and stream.arrivals:
             self.ttfb.append(stream.arrivals[0] - stream.start)
             self.gaps.extend(b - a for a, b in zip(stream.arrivals, stream.arrivals[1:]))
@@ -90,17 +98,19 @@ def pct(values, p):
 def main():
     host, port = sys.argv[1].split(":")
     path, n = sys.argv[2], int(sys.argv[3])
-    token = sys.argv[4] if len(sys.argv) > 4 else ""
+    ramp = float(sys.argv[4])
+    token = sys.argv[5] if len(sys.argv) > 5 else ""
     result = Result(n)
     factory = Factory(result, path, token)
-    # Open the connections over ~0.5 s, as clients would arrive.
+    # Open the connections over the ramp, as clients would arrive.
     for i in range(n):
-        reactor.callLater(i * 0.5 / n, reactor.connectTCP, host, int(port), factory, 30)
-    reactor.callLater(120, reactor.stop)
+        reactor.callLater(i * ramp / n, reactor.connectTCP, host, int(port), factory, 30)
+    reactor.callLater(300, reactor.stop)
     began = time.perf_counter()
     reactor.run()
     print(json.dumps({
-        "streams": n, "failures": result.failures + (n - result.finished), "events": result.events,
+        "streams": n, "peak_open": result.peak, "failures": result.failures + (n - result.finished),
+        "events": result.events,
         "wall_s": round(time.perf_counter() - began, 2),
         "ttfb_p50_ms": round(1000 * statistics.median(result.ttfb), 2) if result.ttfb else None,
         "ttfb_p99_ms": round(1000 * pct(result.ttfb, 0.99), 2) if result.ttfb else None,

@@ -13,10 +13,12 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from bridgeproxy.errors import NotConfigured
 from bridgeproxy.interfaces import IConfigurable, IIdentityBackend
 from bridgeproxy.store import AsyncStore, hash_token
 from bridgeproxy.types import Identity
@@ -33,6 +35,7 @@ class KeystoreBackend:
     """
 
     name = "keystore"
+    log = Logger()
 
     def __init__(self, store: AsyncStore, clock: Any, cache_seconds: float = 5.0):
         self._store = store
@@ -41,6 +44,8 @@ class KeystoreBackend:
         self._tokens: dict[str, tuple[float, Optional[Identity]]] = {}
         self._users: dict[str, tuple[float, Optional[Identity]]] = {}
         self._pending: dict[str, list[Deferred]] = {}
+        #: Answers served from an expired cache entry while the store was down.
+        self.metrics_stale = 0
 
     def _cached(self, cache: dict, key: str):
         entry = cache.get(key)
@@ -49,10 +54,10 @@ class KeystoreBackend:
         return False, None
 
     def _remember(self, cache: dict, key: str, value: Optional[Identity]) -> Optional[Identity]:
-        if self._ttl > 0:
-            if len(cache) >= _MAX_CACHE:
-                cache.clear()
-            cache[key] = (self._clock.seconds() + self._ttl, value)
+        if len(cache) >= _MAX_CACHE:
+            cache.clear()
+        # Kept past expiry (a zero ttl included) as the fallback for a store outage.
+        cache[key] = (self._clock.seconds() + self._ttl, value)
         return value
 
     def identify(self, token: str) -> "Deferred[Optional[Identity]]":
@@ -66,11 +71,25 @@ class KeystoreBackend:
             # arrive before it answers (a client opening many streams).
             waiting = self._pending[key] = []
             d = self._store.run(lambda db: db.identify(token))
-            d.addCallback(lambda identity: self._remember(self._tokens, key, identity))
+            d.addCallbacks(lambda identity: self._remember(self._tokens, key, identity),
+                           self._stale, errbackArgs=(self._tokens, key))
             d.addBoth(self._answer, key)
         mine: Deferred = Deferred()
         waiting.append(mine)
         return mine
+
+    def _stale(self, failure: Failure, cache: dict, key: str) -> Optional[Identity]:
+        """
+        The store did not answer: keep serving a user it knew (a database
+        restart must not lock everybody out); refuse with 503 otherwise.
+        """
+        entry = cache.get(key)
+        if entry is not None:
+            self.metrics_stale += 1
+            return entry[1]
+        self.log.warn("Key store unavailable: {error}", error=failure.getErrorMessage().splitlines()[0][:200]
+                      if failure.getErrorMessage() else failure.type.__name__)
+        raise NotConfigured("The key store is unavailable; try again shortly.")
 
     def _answer(self, result: Any, key: str) -> None:
         for d in self._pending.pop(key, ()):
@@ -84,7 +103,8 @@ class KeystoreBackend:
         if hit:
             return succeed(value)
         d = self._store.run(lambda db: db.lookup_user(user_id))
-        d.addCallback(lambda identity: self._remember(self._users, user_id, identity))
+        d.addCallbacks(lambda identity: self._remember(self._users, user_id, identity),
+                       self._stale, errbackArgs=(self._users, user_id))
         return d
 
 

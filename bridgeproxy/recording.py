@@ -187,3 +187,36 @@ class Recorder:
             return
         self.queue.extendleft(reversed(records))
         self.log.info("Replaying {count} spooled records", count=len(records))
+
+
+class Retention:
+    """
+    Deletes interceptions older than C{days}, at start and then every
+    C{interval} seconds, on the store's thread.  C{days = 0} keeps all.
+    """
+
+    log = Logger()
+
+    def __init__(self, store: Any, clock: Any, days: int, interval: float = 3600.0):
+        self._store = store
+        self._clock = clock
+        self.days = days
+        self.interval = interval
+        self._call = None
+
+    def start(self) -> None:
+        if self.days > 0:
+            self._call = self._clock.callLater(0, self._run)
+
+    def _run(self) -> None:
+        cutoff = self._clock.seconds() - self.days * 86400
+        d = self._store.run(lambda db: db.prune(cutoff))
+        d.addCallback(lambda count: count and self.log.info(
+            "Pruned {count} interceptions older than {days} days", count=count, days=self.days))
+        d.addErrback(lambda f: self.log.warn("Pruning failed: {error}", error=f.getErrorMessage()))
+        self._call = self._clock.callLater(self.interval, self._run)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None

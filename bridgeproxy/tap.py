@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from bridgeproxy import chain
+from bridgeproxy.api import BridgeAPI
 from bridgeproxy.clients import TableDetector
 from bridgeproxy.config import Config, load, override, parse
 from bridgeproxy.errors import ConfigError
@@ -24,7 +25,7 @@ from bridgeproxy.metrics import Metrics
 from bridgeproxy.proxy.forward import make_agent
 from bridgeproxy.proxy.resource import Bridge, BridgeResource, ProviderEntry
 from bridgeproxy.proxy.site import make_site
-from bridgeproxy.recording import Recorder
+from bridgeproxy.recording import Recorder, Retention
 from bridgeproxy.store import AsyncStore
 
 log = Logger()
@@ -61,6 +62,7 @@ class App:
     recorder: Recorder
     metrics: Metrics
     identity: Any
+    retention: Retention
 
 
 def build(config: Config, reactor: Any, *, agent: Any = None, store: Optional[AsyncStore] = None,
@@ -99,10 +101,13 @@ def build(config: Config, reactor: Any, *, agent: Any = None, store: Optional[As
         detectors=detectors, agent=agent if agent is not None else make_agent(reactor, config.upstream),
         clock=reactor, recorder=recorder, metrics=metrics,
     )
+    bridge.api = BridgeAPI(extractors=extractors, identity=identity, store=store, recorder=recorder,
+                           providers=providers)
     resource = BridgeResource(bridge)
     site = make_site(resource, config.max_body_bytes, reactor)
+    retention = Retention(store, reactor, config.recording.retention_days)
     return App(config=config, bridge=bridge, resource=resource, site=site, store=store,
-               recorder=recorder, metrics=metrics, identity=identity)
+               recorder=recorder, metrics=metrics, identity=identity, retention=retention)
 
 
 class StoreService(service.Service):
@@ -119,9 +124,11 @@ class StoreService(service.Service):
         d.addErrback(lambda f: log.error("Store {url} unavailable at start: {error}",
                                          url=_safe_url(self.app.config.database), error=f.getErrorMessage()))
         self.app.recorder.start()
+        self.app.retention.start()
 
     def stopService(self) -> Deferred:
         super().stopService()
+        self.app.retention.stop()
         d = self.app.recorder.stop()
         d.addBoth(lambda _: self.app.store.stop())
         return d

@@ -46,6 +46,9 @@ class MessagesParser(UsageParser):
             if value:
                 setattr(self, attr, value)
 
+    def uninteresting(self, event: Optional[str], payload: str) -> bool:
+        return event == "content_block_delta" and "input_json_delta" not in payload
+
     def on_json(self, obj: dict) -> None:
         if isinstance(obj.get("model"), str):
             self.model = obj["model"]

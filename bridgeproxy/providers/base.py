@@ -87,6 +87,8 @@ class UsageParser:
                 if payload == "[DONE]":
                     self.complete = True
                     continue
+                if self.uninteresting(event, payload):
+                    continue
                 try:
                     obj = json.loads(payload)
                 except ValueError:
@@ -134,6 +136,14 @@ class UsageParser:
             entry["name"] = name
         if isinstance(arguments, str) and arguments:
             entry["arguments"].append(arguments)
+
+    def uninteresting(self, event: Optional[str], payload: str) -> bool:
+        """
+        Whether an event can be skipped without parsing its JSON: most of a
+        stream is text deltas that say nothing about usage or tools, and
+        parsing them all would cost the relay time it needs.
+        """
+        return False
 
     def on_json(self, obj: dict) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

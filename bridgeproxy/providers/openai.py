@@ -61,6 +61,12 @@ class ChatCompletionsParser(UsageParser):
                     self.tool((choice.get("index", 0), i), call.get("id"),
                               get(call, "function", "name"), get(call, "function", "arguments"))
 
+    def uninteresting(self, event: Optional[str], payload: str) -> bool:
+        # A plain content delta: no usage, tool call, finish reason or error.
+        return (self.model is not None and '"content"' in payload and '"usage"' not in payload
+                and "tool_calls" not in payload and '"error"' not in payload
+                and '"finish_reason":"' not in payload and '"finish_reason": "' not in payload)
+
     def on_event(self, event: Optional[str], obj: dict) -> None:
         if "error" in obj and isinstance(obj["error"], dict):
             self.error = str(obj["error"].get("message") or "stream error")
@@ -104,6 +110,9 @@ class ResponsesParser(UsageParser):
             key = item.get("call_id") or item.get("id")
             self.tools.pop(key, None)
             self.tool(key, item.get("call_id"), item.get("name"), item.get("arguments"))
+
+    def uninteresting(self, event: Optional[str], payload: str) -> bool:
+        return event is not None and event.endswith(".delta") and event != "response.function_call_arguments.delta"
 
     def on_event(self, event: Optional[str], obj: dict) -> None:
         kind = obj.get("type") or event

@@ -112,11 +112,16 @@ class Bridge:
         self.metrics = metrics if metrics is not None else Metrics()
         self.timeout = config.upstream.timeout
         self._bridge_headers = tuple(config.auth.coder_token_headers)
+        #: The bridge's own endpoints (L{bridgeproxy.api.BridgeAPI}), if any.
+        self.api: Any = None
 
     # -- the straight line -----------------------------------------------------------
 
     def handle(self, request: Any) -> None:
         """Serve C{request}; always answers it, one way or another."""
+        if self.api is not None and self.api.handles(request.path):
+            self.api.handle(request)
+            return
         ex = Exchange(request=request, started=self.clock.seconds())
         try:
             self._route(ex)

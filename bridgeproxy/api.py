@@ -1,0 +1,161 @@
+# -*- test-case-name: tests.test_e2e_api -*-
+"""
+The bridge's own HTTP endpoints: reading interceptions and usage back
+(C{/api/v1/...}, authenticated with a bridge key; admins see every row,
+others their own) and health checks (C{/healthz}, C{/readyz}, no
+authentication, never touching an upstream).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from bridgeproxy.auth import extract_credential
+from bridgeproxy.errors import AuthenticationFailed, BadRequest, BridgeError, NotFound, PermissionDenied
+from bridgeproxy.proxy.errors import write_error
+
+MAX_PAGE = 500
+
+
+def _json(request: Any, status: int, obj: Any) -> None:
+    body = json.dumps(obj, separators=(",", ":")).encode()
+    request.setResponseCode(status)
+    request.responseHeaders.setRawHeaders(b"Content-Type", [b"application/json"])
+    request.responseHeaders.setRawHeaders(b"Cache-Control", [b"no-store"])
+    request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+    request.write(body)
+    request.finish()
+
+
+def _arg(request: Any, name: str) -> Optional[str]:
+    values = request.args.get(name.encode())
+    if not values:
+        return None
+    value = values[0].decode("utf-8", "replace").strip()
+    return value or None
+
+
+def _since(value: Optional[str]) -> Optional[float]:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest("since must be an ISO 8601 date or time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
+
+
+def _int(request: Any, name: str, default: int, lowest: int, highest: int) -> int:
+    value = _arg(request, name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number") from None
+    if not lowest <= number <= highest:
+        raise BadRequest(f"{name} must be between {lowest} and {highest}")
+    return number
+
+
+class BridgeAPI:
+    """
+    Serves C{/api/v1/interceptions}, C{/api/v1/usage}, C{/healthz} and
+    C{/readyz}.
+    """
+
+    log = Logger()
+
+    def __init__(self, *, extractors: Any, identity: Any, store: Any, recorder: Any, providers: Any):
+        self.extractors = extractors
+        self.identity = identity
+        self.store = store
+        self.recorder = recorder
+        self.providers = providers
+
+    def handles(self, path: bytes) -> bool:
+        return path in (b"/healthz", b"/readyz") or path.startswith(b"/api/v1/")
+
+    def handle(self, request: Any) -> None:
+        path = request.path
+        try:
+            if path == b"/healthz":
+                return _json(request, 200, {"status": "ok"})
+            if path == b"/readyz":
+                return self._ready(request)
+            if request.method not in (b"GET", b"HEAD"):
+                raise BadRequest("Only GET is supported here.")
+            if path == b"/api/v1/interceptions":
+                view = self._interceptions
+            elif path == b"/api/v1/usage":
+                view = self._usage
+            else:
+                raise NotFound("Unknown API path.")
+            credential = extract_credential(self.extractors, request)
+            if credential is None:
+                raise AuthenticationFailed("No API key provided.", reason="missing")
+            d = self.identity.identify(credential.token)
+            d.addCallback(self._authorized, request, view)
+            d.addErrback(self._failed, request)
+        except BridgeError as error:
+            write_error(request, None, error)
+
+    def _authorized(self, identity: Any, request: Any, view: Any) -> Deferred:
+        if identity is None:
+            raise AuthenticationFailed("Invalid, expired or revoked API key.")
+        if identity.disabled:
+            raise PermissionDenied("This user is disabled.")
+        initiator = _arg(request, "initiator")
+        if not identity.admin:
+            if initiator not in (None, identity.user_id, identity.username):
+                raise PermissionDenied("Only admins can read other users' interceptions.")
+            initiator = identity.user_id
+        return view(request, initiator)
+
+    def _interceptions(self, request: Any, initiator: Optional[str]) -> Deferred:
+        limit = _int(request, "limit", 100, 1, MAX_PAGE)
+        offset = _int(request, "offset", 0, 0, 10**9)
+        client, since = _arg(request, "client"), _since(_arg(request, "since"))
+        d = self.store.run(lambda db: db.interceptions(
+            initiator=initiator, client=client, since=since, limit=limit + 1, offset=offset))
+
+        def page(rows: list) -> None:
+            more = len(rows) > limit
+            _json(request, 200, {"data": rows[:limit], "next_offset": offset + limit if more else None})
+        return d.addCallback(page)
+
+    def _usage(self, request: Any, initiator: Optional[str]) -> Deferred:
+        by = _arg(request, "by") or "initiator"
+        if by not in ("initiator", "client", "model"):
+            raise BadRequest("by must be initiator, client or model")
+        client, since = _arg(request, "client"), _since(_arg(request, "since"))
+        d = self.store.run(lambda db: db.usage(by=by, initiator=initiator, client=client, since=since))
+        return d.addCallback(lambda rows: _json(request, 200, {"by": by, "data": rows}))
+
+    def _ready(self, request: Any) -> None:
+        d = self.store.run(lambda db: db.ping())
+
+        def answer(result: Any) -> None:
+            store_ok = result is True
+            providers = {name: bool(entry.config.key) for name, entry in self.providers.items()}
+            ready = store_ok and bool(providers)
+            _json(request, 200 if ready else 503, {
+                "status": "ready" if ready else "not ready", "store": "ok" if store_ok else "unavailable",
+                "providers_with_key": providers, "recording_queue": len(self.recorder.queue)})
+        d.addBoth(answer)
+
+    def _failed(self, failure: Any, request: Any) -> None:
+        if failure.check(BridgeError):
+            error = failure.value
+        else:
+            self.log.failure("API request failed", failure)
+            error = BridgeError("The store could not answer.")
+        if not request.finished:
+            write_error(request, None, error)
