@@ -13,7 +13,8 @@ Targets (each a separate process in front of the same fake upstream):
 Load: wrk (Debian package `wrk`) for requests/s (-c 32) and latency (-c 1);
 benchmarks/streams.py for N concurrent streams.
 
-Usage: python benchmarks/run.py [--seconds 5] [--streams 2000] [--out docs/benchmark-latest.md]
+Usage: bash benchmarks/run.sh [--seconds 5] [--streams 2000] [--out FILE]
+(starts a throw-away PostgreSQL like the tests do, then runs this script)
 Not part of the test suite: it takes minutes and wants the machine to itself.
 """
 
@@ -105,6 +106,8 @@ def main():
     parser.add_argument("--stream-ramp", type=float, default=5.0,
                         help="seconds over which the streams are opened")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--postgres", default=os.environ.get("BRIDGEPROXY_TEST_POSTGRES"),
+                        help="a PostgreSQL URL: adds a bridge recording to PostgreSQL")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -118,7 +121,8 @@ def main():
         procs.append(p)
         return p
 
-    ports = {name: free_port() for name in ("upstream", "rproxy", "floor", "nginx", "bridge", "bridge-norec")}
+    ports = {name: free_port() for name in ("upstream", "rproxy", "floor", "nginx", "bridge", "bridge-norec",
+                                            "bridge-pg")}
     try:
         spawn([PY, str(ROOT / "benchmarks" / "upstream.py"), str(ports["upstream"]),
                str(args.stream_events), str(args.stream_gap_ms)])
@@ -128,11 +132,15 @@ def main():
         if have_nginx:
             spawn([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(nginx_conf(tmp, ports["nginx"], ports["upstream"]))])
         token = None
-        for name, recording in (("bridge", "true"), ("bridge-norec", "false")):
+        bridges = [("bridge", "true", f"sqlite:{tmp / 'bridge.db'}"), ("bridge-norec", "false", f"sqlite:{tmp / 'bridge.db'}")]
+        if args.postgres:
+            bridges.append(("bridge-pg", "true", args.postgres))
+        pg_token = None
+        for name, recording, database in bridges:
             config = tmp / f"{name}.toml"
             config.write_text(f"""
 listen = "tcp:{ports[name]}:interface=127.0.0.1:backlog=4096"
-database = "sqlite:{tmp / 'bridge.db'}"
+database = "{database}"
 [providers.openai]
 base_url = "http://127.0.0.1:{ports['upstream']}/v1"
 key_env = "BENCH_OPENAI_KEY"
@@ -140,15 +148,19 @@ key_env = "BENCH_OPENAI_KEY"
 enabled = {recording}
 spool_path = "{tmp / (name + '-spool.jsonl')}"
 """)
-            if token is None:
-                token = subprocess.run([PY, "-m", "bridgeproxy.cli", "keys", "create", "--config", str(config),
-                                        "--username", "bench"], capture_output=True, text=True, env=env,
-                                       cwd=ROOT, check=True).stdout.strip()
+            if token is None or name == "bridge-pg":
+                made = subprocess.run([PY, "-m", "bridgeproxy.cli", "keys", "create", "--config", str(config),
+                                       "--username", "bench"], capture_output=True, text=True, env=env,
+                                      cwd=ROOT, check=True).stdout.strip()
+                if name == "bridge-pg":
+                    pg_token = made
+                else:
+                    token = made
             spawn([PY, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0]='twistd'; run()",
                    "-n", "--pidfile=", "--logfile", str(tmp / f"{name}.log"), "bridgeproxy", "--config", str(config)],
                   cwd=ROOT)
         for name, port in ports.items():
-            if name != "nginx" or have_nginx:
+            if (name != "nginx" or have_nginx) and (name != "bridge-pg" or args.postgres):
                 wait_port(port)
 
         targets = [("direct", f"http://127.0.0.1:{ports['upstream']}/v1/chat/completions", None),
@@ -158,6 +170,8 @@ spool_path = "{tmp / (name + '-spool.jsonl')}"
             targets.append(("nginx", f"http://127.0.0.1:{ports['nginx']}/chat/completions", None))
         targets += [("bridge", f"http://127.0.0.1:{ports['bridge']}/openai/v1/chat/completions", token),
                     ("bridge-norec", f"http://127.0.0.1:{ports['bridge-norec']}/openai/v1/chat/completions", token)]
+        if args.postgres:
+            targets.append(("bridge-pg", f"http://127.0.0.1:{ports['bridge-pg']}/openai/v1/chat/completions", pg_token))
         results = {}
         for name, url, tok in targets:
             wrk(url, 8, 1, tok)  # warm up: connections, caches
@@ -169,8 +183,12 @@ spool_path = "{tmp / (name + '-spool.jsonl')}"
             print(name, json.dumps(results[name]), flush=True)
 
         streams = {}
-        for name, port, path, tok in (("direct", ports["upstream"], "/v1/chat/completions", None),
-                                      ("bridge", ports["bridge"], "/openai/v1/chat/completions", token)):
+        stream_targets = [("direct", ports["upstream"], "/v1/chat/completions", None),
+                          ("bridge", ports["bridge"], "/openai/v1/chat/completions", token),
+                          ("bridge-norec", ports["bridge-norec"], "/openai/v1/chat/completions", token)]
+        if args.postgres:
+            stream_targets.append(("bridge-pg", ports["bridge-pg"], "/openai/v1/chat/completions", pg_token))
+        for name, port, path, tok in stream_targets:
             out = subprocess.run([PY, str(ROOT / "benchmarks" / "streams.py"), f"127.0.0.1:{port}", path,
                                   str(args.streams), str(args.stream_ramp)] + ([tok] if tok else []),
                                  capture_output=True, text=True, timeout=300, env=env).stdout

@@ -78,6 +78,7 @@ class Config:
     listen: str = DEFAULT_LISTEN
     database: str = DEFAULT_DATABASE
     max_body_bytes: int = 32 * 1024 * 1024
+    shutdown_grace_seconds: float = 30.0
     identity_backend: str = "keystore"
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     auth: AuthConfig = AuthConfig()
@@ -207,7 +208,7 @@ def _providers(data: Mapping[str, Any], environ: Mapping[str, str], base_dir: st
 # -- the whole file ------------------------------------------------------------
 
 _TOP = {
-    "listen", "database", "max_body_bytes", "identity_backend",
+    "listen", "database", "max_body_bytes", "shutdown_grace_seconds", "identity_backend",
     "providers", "auth", "initiator", "clients", "upstream", "recording", "plugins",
 }
 
@@ -304,6 +305,7 @@ def parse(data: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None,
         listen=_typed("", data, "listen", str, DEFAULT_LISTEN),
         database=database,
         max_body_bytes=max_body,
+        shutdown_grace_seconds=_typed("", data, "shutdown_grace_seconds", float, Config.shutdown_grace_seconds),
         identity_backend=_typed("", data, "identity_backend", str, "keystore"),
         providers=_providers(data, environ, base_dir),
         auth=auth,

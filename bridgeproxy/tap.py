@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from twisted.application import service, strports
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -110,14 +110,24 @@ def build(config: Config, reactor: Any, *, agent: Any = None, store: Optional[As
                recorder=recorder, metrics=metrics, identity=identity, retention=retention)
 
 
-class StoreService(service.Service):
-    """Starts the store and the recorder; on stop, flushes what was recorded."""
+class BridgeService(service.MultiService):
+    """
+    The whole bridge as one service: the store and recorder, the listener.
 
-    def __init__(self, app: App):
+    Stopping is sequential, unlike a plain L{MultiService}: stop accepting
+    connections, let requests in flight finish (up to
+    C{shutdown_grace_seconds}), flush the recording queue, close the store.
+    """
+
+    def __init__(self, app: App, listener: Optional[service.IService] = None, clock: Any = None):
+        super().__init__()
         self.app = app
+        self.listener = listener
+        self.clock = clock
+        if listener is not None:
+            listener.setServiceParent(self)
 
     def startService(self) -> None:
-        super().startService()
         self.app.store.start()
         # Create or migrate the schema now, so a bad database URL shows at start.
         d = self.app.store.run(lambda db: db.version())
@@ -125,13 +135,24 @@ class StoreService(service.Service):
                                          url=_safe_url(self.app.config.database), error=f.getErrorMessage()))
         self.app.recorder.start()
         self.app.retention.start()
+        super().startService()
 
-    def stopService(self) -> Deferred:
-        super().stopService()
+    @inlineCallbacks
+    def stopService(self):
+        service.Service.stopService(self)
+        if self.listener is not None and self.listener.running:
+            yield self.listener.stopService()
+        if self.app.bridge.in_flight:
+            log.info("Waiting up to {grace}s for {count} requests in flight",
+                     grace=self.app.config.shutdown_grace_seconds, count=len(self.app.bridge.in_flight))
+            yield self.app.bridge.drain(self.app.config.shutdown_grace_seconds)
         self.app.retention.stop()
-        d = self.app.recorder.stop()
-        d.addBoth(lambda _: self.app.store.stop())
-        return d
+        yield self.app.recorder.stop()
+        yield self.app.store.stop()
+
+
+#: Kept for tests and embedders that start the store without a listener.
+StoreService = BridgeService
 
 
 def _safe_url(url: str) -> str:
@@ -148,10 +169,7 @@ def makeService(options: Options) -> service.IService:
 
     config: Config = options.config
     app = build(config, reactor)
-    top = service.MultiService()
-    StoreService(app).setServiceParent(top)
-    listener = strports.service(config.listen, app.site)
-    listener.setServiceParent(top)
+    top = BridgeService(app, strports.service(config.listen, app.site), reactor)
     log.info("bridgeproxy listening on {listen}; store {db}; providers {providers}",
              listen=config.listen, db=_safe_url(config.database), providers=", ".join(config.providers))
     return top

@@ -151,3 +151,56 @@ def test_twistd_serves_and_stops_cleanly(tmp_path, agent):
     log_text = log_path.read_text()
     assert "listening on" in log_text
     assert token not in log_text and fakes.OPENAI_KEY not in log_text
+
+
+def slow_sse(events, gap):
+    """A handler sending C{events} one every C{gap} seconds."""
+    def handler(request, received):
+        request.setHeader(b"content-type", b"text/event-stream")
+
+        def send(i):
+            if request.finished or received.gone:
+                return
+            if i == len(events):
+                request.finish()
+                return
+            request.write(events[i])
+            reactor.callLater(gap, send, i + 1)
+        send(0)
+        return server.NOT_DONE_YET
+    return handler
+
+
+@pytest_twisted.inlineCallbacks
+def test_sigterm_lets_stream_in_progress_finish(tmp_path, agent):
+    """A stream in progress at SIGTERM completes (every event delivered) and is recorded before the process exits."""
+    from tests.test_e2e_streaming import ANTHROPIC_EVENTS, STREAM_MESSAGES, Collector, open_stream
+    upstream = fakes.FakeUpstream()
+    upstream.handler = slow_sse(ANTHROPIC_EVENTS, 0.25)
+    up_port = reactor.listenTCP(0, server.Site(upstream), interface="127.0.0.1")
+    port = free_port()
+    config = write_config(tmp_path, f"http://127.0.0.1:{up_port.getHost().port}", port,
+                          extra="")
+    out = io.StringIO()
+    cli.main(["keys", "create", "--config", config, "--username", "alice"], out)
+    token = out.getvalue().strip()
+    env = dict(os.environ, T_OPENAI_KEY=fakes.OPENAI_KEY, T_ANTHROPIC_KEY=fakes.ANTHROPIC_KEY)
+    proc = subprocess.Popen(TWISTD + ["-n", "--pidfile=", "--logfile", str(tmp_path / "twistd.log"),
+                                      "bridgeproxy", "--config", config], cwd=ROOT, env=env)
+    try:
+        yield threads.deferToThread(wait_for_port, port, proc)
+        collector = Collector()
+        yield open_stream(agent, f"http://127.0.0.1:{port}/anthropic/v1/messages", STREAM_MESSAGES,
+                          {"X-Api-Key": token}, collector)
+        yield collector.first
+        proc.send_signal(signal.SIGTERM)
+        body = yield collector.done
+        assert body == b"".join(ANTHROPIC_EVENTS)
+        code = yield threads.deferToThread(proc.wait, 30)
+        assert code in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        yield up_port.stopListening()
+    rows = Database(f"sqlite:{tmp_path / 'bridge.db'}").interceptions()
+    assert [(r["status"], r["output_tokens"]) for r in rows] == [("ok", 12)]

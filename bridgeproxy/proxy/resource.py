@@ -59,7 +59,7 @@ class ProviderEntry:
     config: ProviderConfig
 
 
-@dataclass
+@dataclass(eq=False)
 class Exchange:
     """Everything the pipeline learns about one request; becomes its record."""
 
@@ -85,6 +85,8 @@ class Exchange:
     timed_out: bool = False
     client_gone: bool = False
     done: bool = False
+    shutdown: bool = False
+
 
 
 class Bridge:
@@ -114,6 +116,9 @@ class Bridge:
         self._bridge_headers = tuple(config.auth.coder_token_headers)
         #: The bridge's own endpoints (L{bridgeproxy.api.BridgeAPI}), if any.
         self.api: Any = None
+        #: Requests being served, for the shutdown drain and the limits.
+        self.in_flight: set[Exchange] = set()
+        self._drained: list[Deferred] = []
 
     # -- the straight line -----------------------------------------------------------
 
@@ -123,6 +128,7 @@ class Bridge:
             self.api.handle(request)
             return
         ex = Exchange(request=request, started=self.clock.seconds())
+        self.in_flight.add(ex)
         try:
             self._route(ex)
             if ex.route is None:  # answered already (a probe)
@@ -271,7 +277,10 @@ class Bridge:
         usage = ex.parser.finish() if ex.parser is not None else None
         error = None
         if outcome != COMPLETE:
+            if ex.shutdown:
+                outcome = "shutdown"
             error = {"timeout": "upstream stalled past the timeout",
+                     "shutdown": "cut short by shutdown after the grace period",
                      "client_disconnected": "client disconnected"}.get(
                 outcome, "upstream connection broke: " + (failure.getErrorMessage() if failure else ""))
             self.log.info("Relay of {id} ended: {outcome}", id=ex.id, outcome=outcome)
@@ -319,6 +328,7 @@ class Bridge:
         if not request.finished and not ex.client_gone:
             provider = ex.entry.provider if ex.entry is not None else None
             write_error(request, provider, error)
+        self._close(ex)
 
     def _crash(self, ex: Exchange, failure: Failure) -> None:
         # The traceback names our code, never a header value: values are only
@@ -373,6 +383,38 @@ class Bridge:
         )
         self.metrics.inc("interceptions")
         self.recorder.record(record)
+        self._close(ex)
+
+    def _close(self, ex: Exchange) -> None:
+        self.in_flight.discard(ex)
+        if not self.in_flight and self._drained:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+    def drain(self, grace: float) -> Deferred:
+        """
+        Fires when no request is in flight, or after C{grace} seconds; then
+        what is still running is stopped (and recorded as cut short).
+        """
+        d: Deferred = Deferred()
+        if not self.in_flight:
+            d.callback(None)
+            return d
+        self._drained.append(d)
+
+        def expired() -> None:
+            for ex in list(self.in_flight):
+                ex.shutdown = True
+                if ex.relay is not None:
+                    ex.relay.client_gone()
+                    ex.request.loseConnection()
+                elif ex.pending is not None:
+                    ex.pending.cancel()
+                self._close(ex)
+        timer = self.clock.callLater(grace, expired)
+        d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+        return d
 
 
 def _printable(path: bytes) -> str:
