@@ -72,6 +72,13 @@ class RecordingConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    max_concurrency: int = 0
+    per_initiator_rps: float = 0.0
+    per_initiator_burst: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; see C{docs/configuration.md}."""
 
@@ -79,6 +86,7 @@ class Config:
     database: str = DEFAULT_DATABASE
     max_body_bytes: int = 32 * 1024 * 1024
     shutdown_grace_seconds: float = 30.0
+    access_log: bool = True
     identity_backend: str = "keystore"
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     auth: AuthConfig = AuthConfig()
@@ -86,6 +94,7 @@ class Config:
     clients: ClientsConfig = ClientsConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     recording: RecordingConfig = RecordingConfig()
+    limits: LimitsConfig = LimitsConfig()
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     source_path: Optional[str] = None
 
@@ -208,8 +217,8 @@ def _providers(data: Mapping[str, Any], environ: Mapping[str, str], base_dir: st
 # -- the whole file ------------------------------------------------------------
 
 _TOP = {
-    "listen", "database", "max_body_bytes", "shutdown_grace_seconds", "identity_backend",
-    "providers", "auth", "initiator", "clients", "upstream", "recording", "plugins",
+    "listen", "database", "max_body_bytes", "shutdown_grace_seconds", "access_log", "identity_backend",
+    "providers", "auth", "limits", "initiator", "clients", "upstream", "recording", "plugins",
 }
 
 
@@ -288,6 +297,16 @@ def parse(data: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None,
     if recording.retention_days < 0:
         raise ConfigError("recording.retention_days must be 0 (keep forever) or more")
 
+    lim_t = _table(data, "limits")
+    _check_keys("limits", lim_t, {"max_concurrency", "per_initiator_rps", "per_initiator_burst"})
+    limits = LimitsConfig(
+        max_concurrency=_typed("limits", lim_t, "max_concurrency", int, 0),
+        per_initiator_rps=_typed("limits", lim_t, "per_initiator_rps", float, 0.0),
+        per_initiator_burst=_typed("limits", lim_t, "per_initiator_burst", int, 0),
+    )
+    if limits.max_concurrency < 0 or limits.per_initiator_rps < 0 or limits.per_initiator_burst < 0:
+        raise ConfigError("limits: values must be 0 (off) or more")
+
     plugins_t = _table(data, "plugins")
     for name, table in plugins_t.items():
         if not isinstance(table, dict):
@@ -306,6 +325,7 @@ def parse(data: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None,
         database=database,
         max_body_bytes=max_body,
         shutdown_grace_seconds=_typed("", data, "shutdown_grace_seconds", float, Config.shutdown_grace_seconds),
+        access_log=_typed("", data, "access_log", bool, True),
         identity_backend=_typed("", data, "identity_backend", str, "keystore"),
         providers=_providers(data, environ, base_dir),
         auth=auth,
@@ -313,6 +333,7 @@ def parse(data: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None,
         clients=clients,
         upstream=upstream,
         recording=recording,
+        limits=limits,
         plugins={k: dict(v) for k, v in plugins_t.items()},
         source_path=source_path,
     )

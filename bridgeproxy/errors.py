@@ -85,6 +85,20 @@ class UpstreamTimeout(BridgeError):
     kind = "timeout"
 
 
+class Overloaded(BridgeError):
+    """More requests in flight than C{[limits] max_concurrency} (503)."""
+
+    status = 503
+    kind = "overloaded"
+
+
+class RateLimited(BridgeError):
+    """An initiator over C{[limits] per_initiator_rps} (429, with Retry-After)."""
+
+    status = 429
+    kind = "rate_limit"
+
+
 class NotConfigured(BridgeError):
     """The bridge lacks what it needs to serve this (503)."""
 

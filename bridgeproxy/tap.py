@@ -104,7 +104,7 @@ def build(config: Config, reactor: Any, *, agent: Any = None, store: Optional[As
     bridge.api = BridgeAPI(extractors=extractors, identity=identity, store=store, recorder=recorder,
                            providers=providers)
     resource = BridgeResource(bridge)
-    site = make_site(resource, config.max_body_bytes, reactor)
+    site = make_site(resource, config.max_body_bytes, reactor, access_log=config.access_log)
     retention = Retention(store, reactor, config.recording.retention_days)
     return App(config=config, bridge=bridge, resource=resource, site=site, store=store,
                recorder=recorder, metrics=metrics, identity=identity, retention=retention)
@@ -169,7 +169,11 @@ def makeService(options: Options) -> service.IService:
 
     config: Config = options.config
     app = build(config, reactor)
-    top = BridgeService(app, strports.service(config.listen, app.site), reactor)
+    try:
+        listener = strports.service(config.listen, app.site)
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"bridgeproxy: listen: not a usable endpoint {config.listen!r} ({e})") from None
+    top = BridgeService(app, listener, reactor)
     log.info("bridgeproxy listening on {listen}; store {db}; providers {providers}",
              listen=config.listen, db=_safe_url(config.database), providers=", ".join(config.providers))
     return top

@@ -9,6 +9,7 @@ clean headers -> forward -> relay (+ tap for recording) -> record.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
@@ -24,8 +25,8 @@ from bridgeproxy.auth import extract_credential
 from bridgeproxy.clients import detect_client
 from bridgeproxy.config import Config, ProviderConfig
 from bridgeproxy.errors import (
-    AuthenticationFailed, BadRequest, BridgeError, NotFound, PayloadTooLarge,
-    UpstreamTimeout, UpstreamUnavailable,
+    AuthenticationFailed, BadRequest, BridgeError, NotFound, Overloaded, PayloadTooLarge,
+    RateLimited, UpstreamTimeout, UpstreamUnavailable,
 )
 from bridgeproxy.metrics import Metrics
 from bridgeproxy.proxy.errors import write_error
@@ -118,6 +119,10 @@ class Bridge:
         self.api: Any = None
         #: Requests being served, for the shutdown drain and the limits.
         self.in_flight: set[Exchange] = set()
+        limits = config.limits
+        self.rate = TokenBuckets(clock, limits.per_initiator_rps,
+                                 limits.per_initiator_burst or max(1, math.ceil(limits.per_initiator_rps))) \
+            if limits.per_initiator_rps else None
         self._drained: list[Deferred] = []
 
     # -- the straight line -----------------------------------------------------------
@@ -133,6 +138,10 @@ class Bridge:
             self._route(ex)
             if ex.route is None:  # answered already (a probe)
                 return
+            limit = self.config.limits.max_concurrency
+            if limit and len(self.in_flight) > limit:
+                raise Overloaded("The gateway is at its concurrency limit; retry shortly.",
+                                 headers={"Retry-After": "1"})
             credential = extract_credential(self.extractors, request)
             if credential is None:
                 raise AuthenticationFailed(
@@ -210,6 +219,11 @@ class Bridge:
         if initiator is None:
             raise AuthenticationFailed("No user could be resolved for this API key.", reason="no_initiator")
         ex.initiator = initiator
+        if self.rate is not None:
+            wait = self.rate.take(initiator.user_id)
+            if wait:
+                raise RateLimited("Too many requests; slow down.",
+                                  headers={"Retry-After": str(max(1, math.ceil(wait)))})
         request, entry = ex.request, ex.entry
         assert entry is not None and ex.credential is not None and ex.route is not None
         intercepted = bool(ex.route)
@@ -383,6 +397,14 @@ class Bridge:
         )
         self.metrics.inc("interceptions")
         self.recorder.record(record)
+        self.log.info(
+            "interception {id} initiator={initiator} client={client} provider={provider} route={route} "
+            "model={model} status={status} upstream_status={upstream_status} tokens_in={tokens_in} "
+            "tokens_out={tokens_out} duration_ms={duration_ms}",
+            id=record.id, initiator=record.initiator_username or record.initiator_id, client=record.client,
+            provider=record.provider, route=record.route, model=record.model, status=record.status,
+            upstream_status=record.upstream_status, tokens_in=record.input_tokens,
+            tokens_out=record.output_tokens, duration_ms=record.duration_ms)
         self._close(ex)
 
     def _close(self, ex: Exchange) -> None:
@@ -436,6 +458,29 @@ class _Discard(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.stopProducing()
+
+
+class TokenBuckets:
+    """Per-key token buckets: C{rate} tokens a second, holding at most C{burst}."""
+
+    def __init__(self, clock: Any, rate: float, burst: int):
+        self.clock = clock
+        self.rate = rate
+        self.burst = float(burst)
+        self.buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str) -> float:
+        """Take a token; return 0 if there was one, else the seconds until there is."""
+        now = self.clock.seconds()
+        tokens, last = self.buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1:
+            if len(self.buckets) > 100_000:
+                self.buckets.clear()
+            self.buckets[key] = (tokens - 1, now)
+            return 0.0
+        self.buckets[key] = (tokens, now)
+        return (1 - tokens) / self.rate
 
 
 class BridgeResource(Resource):

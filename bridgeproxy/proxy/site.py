@@ -63,12 +63,15 @@ def access_log_line(timestamp: str, request: Any) -> str:
     )
 
 
-def make_site(resource: Any, max_body: int, reactor: Any = None, timeout: float = 60.0) -> Site:
+def make_site(resource: Any, max_body: int, reactor: Any = None, timeout: float = 60.0,
+              access_log: bool = True) -> Site:
     """A L{Site} for the bridge resource with the body limit and the safe access log."""
     request_class = type("BridgeRequest", (BoundedRequest,), {"max_body": max_body})
     site = Site(resource, requestFactory=request_class, timeout=timeout,
                 logFormatter=access_log_line, reactor=reactor)
     site.displayTracebacks = False
+    if not access_log:
+        site.log = lambda request: None  # type: ignore[method-assign]
     return site
 
 
