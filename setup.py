@@ -38,6 +38,7 @@ setup(
         "service-identity>=24.1",
         "pyOpenSSL>=24",
         "psycopg[binary]>=3.1",
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "test": [

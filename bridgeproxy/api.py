@@ -65,6 +65,36 @@ def _int(request: Any, name: str, default: int, lowest: int, highest: int) -> in
     return number
 
 
+def serve_metrics(request: Any, metrics: Any) -> None:
+    """Answer with the Prometheus text exposition."""
+    body = metrics.exposition()
+    request.setResponseCode(200)
+    request.responseHeaders.setRawHeaders(b"Content-Type", [b"text/plain; version=0.0.4; charset=utf-8"])
+    request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+    request.write(body)
+    request.finish()
+
+
+class MetricsResource:
+    """A tiny resource serving only C{/metrics} (the separate C{metrics_listen})."""
+
+    isLeaf = True
+
+    def __init__(self, metrics: Any):
+        self.metrics = metrics
+
+    def render(self, request: Any) -> Any:
+        from twisted.web.server import NOT_DONE_YET
+        if request.path != b"/metrics":
+            write_error(request, None, NotFound("Only /metrics is served here."))
+        else:
+            serve_metrics(request, self.metrics)
+        return NOT_DONE_YET
+
+    def getChildWithDefault(self, name: bytes, request: Any) -> Any:
+        return self
+
+
 class BridgeAPI:
     """
     Serves C{/api/v1/interceptions}, C{/api/v1/usage}, C{/healthz} and
@@ -73,15 +103,18 @@ class BridgeAPI:
 
     log = Logger()
 
-    def __init__(self, *, extractors: Any, identity: Any, store: Any, recorder: Any, providers: Any):
+    def __init__(self, *, extractors: Any, identity: Any, store: Any, recorder: Any, providers: Any,
+                 metrics: Any = None):
         self.extractors = extractors
         self.identity = identity
         self.store = store
         self.recorder = recorder
         self.providers = providers
+        #: Serve C{/metrics} here (when no separate metrics listener is configured).
+        self.metrics = metrics
 
     def handles(self, path: bytes) -> bool:
-        return path in (b"/healthz", b"/readyz") or path.startswith(b"/api/v1/")
+        return path in (b"/healthz", b"/readyz", b"/metrics") or path.startswith(b"/api/v1/")
 
     def handle(self, request: Any) -> None:
         path = request.path
@@ -90,6 +123,10 @@ class BridgeAPI:
                 return _json(request, 200, {"status": "ok"})
             if path == b"/readyz":
                 return self._ready(request)
+            if path == b"/metrics":
+                if self.metrics is None:
+                    raise NotFound("Metrics are served on the metrics listener.")
+                return serve_metrics(request, self.metrics)
             if request.method not in (b"GET", b"HEAD"):
                 raise BadRequest("Only GET is supported here.")
             if path == b"/api/v1/interceptions":

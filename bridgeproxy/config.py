@@ -87,6 +87,7 @@ class Config:
     max_body_bytes: int = 32 * 1024 * 1024
     shutdown_grace_seconds: float = 30.0
     access_log: bool = True
+    metrics_listen: Optional[str] = None
     identity_backend: str = "keystore"
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     auth: AuthConfig = AuthConfig()
@@ -217,7 +218,8 @@ def _providers(data: Mapping[str, Any], environ: Mapping[str, str], base_dir: st
 # -- the whole file ------------------------------------------------------------
 
 _TOP = {
-    "listen", "database", "max_body_bytes", "shutdown_grace_seconds", "access_log", "identity_backend",
+    "listen", "database", "max_body_bytes", "shutdown_grace_seconds", "access_log", "metrics_listen",
+    "identity_backend",
     "providers", "auth", "limits", "initiator", "clients", "upstream", "recording", "plugins",
 }
 
@@ -326,6 +328,7 @@ def parse(data: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None,
         max_body_bytes=max_body,
         shutdown_grace_seconds=_typed("", data, "shutdown_grace_seconds", float, Config.shutdown_grace_seconds),
         access_log=_typed("", data, "access_log", bool, True),
+        metrics_listen=_typed("", data, "metrics_listen", str, None) or None,
         identity_backend=_typed("", data, "identity_backend", str, "keystore"),
         providers=_providers(data, environ, base_dir),
         auth=auth,

@@ -102,7 +102,8 @@ def build(config: Config, reactor: Any, *, agent: Any = None, store: Optional[As
         clock=reactor, recorder=recorder, metrics=metrics,
     )
     bridge.api = BridgeAPI(extractors=extractors, identity=identity, store=store, recorder=recorder,
-                           providers=providers)
+                           providers=providers, metrics=None if config.metrics_listen else metrics)
+    metrics.watch_queue(lambda: len(recorder.queue))
     resource = BridgeResource(bridge)
     site = make_site(resource, config.max_body_bytes, reactor, access_log=config.access_log)
     retention = Retention(store, reactor, config.recording.retention_days)
@@ -149,6 +150,9 @@ class BridgeService(service.MultiService):
         self.app.retention.stop()
         yield self.app.recorder.stop()
         yield self.app.store.stop()
+        for child in list(self):
+            if child.running:
+                yield child.stopService()
 
 
 #: Kept for tests and embedders that start the store without a listener.
@@ -174,6 +178,16 @@ def makeService(options: Options) -> service.IService:
     except (ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"bridgeproxy: listen: not a usable endpoint {config.listen!r} ({e})") from None
     top = BridgeService(app, listener, reactor)
+    if config.metrics_listen:
+        from twisted.web.server import Site
+
+        from bridgeproxy.api import MetricsResource
+        metrics_site = Site(MetricsResource(app.metrics), reactor=reactor)
+        metrics_site.log = lambda request: None
+        try:
+            strports.service(config.metrics_listen, metrics_site).setServiceParent(top)
+        except (ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"bridgeproxy: metrics_listen: not a usable endpoint ({e})") from None
     log.info("bridgeproxy listening on {listen}; store {db}; providers {providers}",
              listen=config.listen, db=_safe_url(config.database), providers=", ".join(config.providers))
     return top

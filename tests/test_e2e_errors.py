@@ -205,3 +205,15 @@ def test_stalled_upstream_is_504(tmp_path, agent, captured_log):
         assert len(running.upstream.lost) == 1
     finally:
         yield running.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_nothing_left_in_flight(bridge, agent):
+    """After probes, refusals, errors and successes, no request is left counted as in flight (shutdown waits on it)."""
+    token = bridge.create_key("alice")
+    yield call(agent, "HEAD", bridge.url + "/anthropic")
+    yield call(agent, "POST", bridge.url + "/openai/v1/chat/completions", CHAT)
+    yield call(agent, "POST", bridge.url + "/nothing")
+    yield call(agent, "POST", bridge.url + "/openai/v1/chat/completions", CHAT, {"Authorization": f"Bearer {token}"})
+    yield call(agent, "GET", bridge.url + "/healthz")
+    assert bridge.app.bridge.in_flight == set()

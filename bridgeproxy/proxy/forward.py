@@ -124,6 +124,8 @@ class Relay(Protocol):
         self.stall_tail = stall_tail
         self.outcome: Optional[str] = None
         self.bytes_relayed = 0
+        #: When the first body byte arrived (the clock's seconds), if it did.
+        self.first_at: Optional[float] = None
         self._last = 0.0
         self._timer: Any = None
         self._paused = False
@@ -140,6 +142,8 @@ class Relay(Protocol):
         if self._finished:
             return
         self._last = self.clock.seconds()
+        if self.first_at is None:
+            self.first_at = self._last
         self.bytes_relayed += len(data)
         self.request.write(data)
         if self.on_data is not None:

@@ -84,6 +84,7 @@ class Exchange:
     pending: Optional[Deferred] = None
     timer: Any = None
     timed_out: bool = False
+    forwarded_at: float = 0.0
     client_gone: bool = False
     done: bool = False
     shutdown: bool = False
@@ -137,6 +138,7 @@ class Bridge:
         try:
             self._route(ex)
             if ex.route is None:  # answered already (a probe)
+                self._close(ex)
                 return
             limit = self.config.limits.max_concurrency
             if limit and len(self.in_flight) > limit:
@@ -237,6 +239,7 @@ class Bridge:
         query = request.uri.partition(b"?")[2]
         url = entry.provider.upstream_url(entry.config.base_url, ex.subpath, query)
         producer = BytesProducer(ex.body) if (ex.body or request.method in _METHODS_WITH_BODY) else None
+        ex.forwarded_at = self.clock.seconds()
         ex.pending = self.agent.request(request.method, url, headers, producer)
         ex.timer = self.clock.callLater(self.timeout, self._headers_timeout, ex)
         request.notifyFinish().addErrback(self._client_gone, ex)
@@ -263,6 +266,7 @@ class Bridge:
             ex.timer = None
         request, provider = ex.request, ex.entry.provider  # type: ignore[union-attr]
         ex.upstream_status = response.code
+        self.metrics.upstream_latency.labels(provider.name).observe(self.clock.seconds() - ex.forwarded_at)
         if ex.client_gone:
             response.deliverBody(_Discard())
             self._record(ex, status="client_disconnected", error="client disconnected before the answer")
@@ -275,6 +279,7 @@ class Bridge:
             request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % response.length])
         if stream:
             ex.streamed = True
+            self.metrics.streams_in_flight.inc()
             request.responseHeaders.setRawHeaders(b"Cache-Control", [b"no-cache"])
             request.responseHeaders.setRawHeaders(b"X-Accel-Buffering", [b"no"])
         if ex.route:
@@ -289,6 +294,11 @@ class Bridge:
 
     def _relayed(self, ex: Exchange, outcome: str, failure: Optional[Failure]) -> None:
         usage = ex.parser.finish() if ex.parser is not None else None
+        relay = ex.relay
+        if relay is not None and relay.first_at is not None:
+            self.metrics.ttfb.labels(ex.entry.provider.name).observe(relay.first_at - ex.forwarded_at)  # type: ignore[union-attr]
+        if relay is not None and relay.stall_tail is not None:
+            self.metrics.streams_in_flight.dec()
         error = None
         if outcome != COMPLETE:
             if ex.shutdown:
@@ -395,7 +405,7 @@ class Bridge:
             error=_scrub(error, ex)[:_MAX_ERROR_CHARS] if error else None,
             status=status if (usage is None or usage.complete or status != "ok") else "incomplete",
         )
-        self.metrics.inc("interceptions")
+        self.metrics.interception(record)
         self.recorder.record(record)
         self.log.info(
             "interception {id} initiator={initiator} client={client} provider={provider} route={route} "
