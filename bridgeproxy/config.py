@@ -58,6 +58,7 @@ class UpstreamConfig:
     connect_timeout: float = 10.0
     max_connections_per_host: int = 256
     idle_connection_seconds: float = 240.0
+    ca_file: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,15 @@ def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"[{key}] must be a table")
     return value
+
+
+def _ca_file(path: Optional[str], base_dir: str) -> Optional[str]:
+    if not path:
+        return None
+    full = path if os.path.isabs(path) else os.path.join(base_dir, path)
+    if not os.path.isfile(full):
+        raise ConfigError(f"upstream.ca_file: no such file {full!r}")
+    return full
 
 
 def is_uuid4(value: str) -> bool:
@@ -267,7 +277,7 @@ def parse(data: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None,
     up_t = _table(data, "upstream")
     _check_keys("upstream", up_t, {
         "send_actor_headers", "timeout", "connect_timeout",
-        "max_connections_per_host", "idle_connection_seconds"})
+        "max_connections_per_host", "idle_connection_seconds", "ca_file"})
     u = UpstreamConfig()
     upstream = UpstreamConfig(
         send_actor_headers=_typed("upstream", up_t, "send_actor_headers", bool, u.send_actor_headers),
@@ -278,6 +288,7 @@ def parse(data: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None,
             "upstream", up_t, "max_connections_per_host", int, u.max_connections_per_host))),
         idle_connection_seconds=_positive("upstream", "idle_connection_seconds", _typed(
             "upstream", up_t, "idle_connection_seconds", float, u.idle_connection_seconds)),
+        ca_file=_ca_file(_typed("upstream", up_t, "ca_file", str, None), base_dir),
     )
 
     rec_t = _table(data, "recording")

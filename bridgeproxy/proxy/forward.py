@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import succeed
+from twisted.internet.ssl import Certificate
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -76,12 +77,19 @@ def make_agent(reactor: Any, config: UpstreamConfig, tls_policy: Any = None) -> 
     An L{Agent} over a persistent connection pool sized by the config
     (treq's default pool keeps only 2 idle connections per host).
     Upstream TLS is verified (service-identity, through Twisted's
-    L{BrowserLikePolicyForHTTPS}) unless C{tls_policy} says otherwise.
+    L{BrowserLikePolicyForHTTPS}) against the system's CAs, or against
+    C{[upstream] ca_file} when set.
     """
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = config.max_connections_per_host
     pool.cachedConnectionTimeout = config.idle_connection_seconds
-    policy = tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS()
+    if tls_policy is None:
+        trust = None
+        if config.ca_file:
+            with open(config.ca_file, "rb") as f:
+                trust = Certificate.loadPEM(f.read())
+        tls_policy = BrowserLikePolicyForHTTPS(trustRoot=trust)
+    policy = tls_policy
     factory = CachingEndpointFactory(reactor, policy, config.connect_timeout)
     return Agent.usingEndpointFactory(reactor, factory, pool=pool)
 
