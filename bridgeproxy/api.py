@@ -9,6 +9,7 @@ authentication, never touching an upstream).
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from typing import Any, Optional
 
@@ -120,7 +121,7 @@ class BridgeAPI:
         path = request.path
         try:
             if path == b"/healthz":
-                return _json(request, 200, {"status": "ok"})
+                return _json(request, 200, {"status": "ok", "pid": os.getpid()})
             if path == b"/readyz":
                 return self._ready(request)
             if path == b"/metrics":

@@ -89,6 +89,7 @@ class Config:
     shutdown_grace_seconds: float = 30.0
     access_log: bool = True
     metrics_listen: Optional[str] = None
+    workers: int = 1
     identity_backend: str = "keystore"
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     auth: AuthConfig = AuthConfig()
@@ -228,7 +229,7 @@ def _providers(data: Mapping[str, Any], environ: Mapping[str, str], base_dir: st
 # -- the whole file ------------------------------------------------------------
 
 _TOP = {
-    "listen", "database", "max_body_bytes", "shutdown_grace_seconds", "access_log", "metrics_listen",
+    "listen", "database", "max_body_bytes", "shutdown_grace_seconds", "access_log", "metrics_listen", "workers",
     "identity_backend",
     "providers", "auth", "limits", "initiator", "clients", "upstream", "recording", "plugins",
 }
@@ -340,6 +341,7 @@ def parse(data: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None,
         shutdown_grace_seconds=_typed("", data, "shutdown_grace_seconds", float, Config.shutdown_grace_seconds),
         access_log=_typed("", data, "access_log", bool, True),
         metrics_listen=_typed("", data, "metrics_listen", str, None) or None,
+        workers=int(_positive("", "workers", _typed("", data, "workers", int, 1))),
         identity_backend=_typed("", data, "identity_backend", str, "keystore"),
         providers=_providers(data, environ, base_dir),
         auth=auth,

@@ -38,6 +38,7 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "Path to the TOML configuration file (default: the embedded defaults)."],
         ["listen", "l", None, "Twisted endpoint to listen on; overrides 'listen' in the configuration."],
+        ["workers", "w", None, "Number of worker processes sharing the port; overrides 'workers'."],
     ]
 
     def postOptions(self) -> None:
@@ -47,6 +48,19 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         if self["listen"]:
             config = override(config, listen=self["listen"])
+        if self["workers"]:
+            try:
+                workers = int(self["workers"])
+                assert workers >= 1
+            except (ValueError, AssertionError):
+                raise usage.UsageError("--workers must be a whole number of 1 or more") from None
+            config = override(config, workers=workers)
+        if config.workers > 1:
+            from bridgeproxy.workers import tcp_address
+            try:
+                tcp_address(config.listen)
+            except ConfigError as e:
+                raise usage.UsageError(str(e)) from None
         self.config = config
 
 
@@ -172,6 +186,10 @@ def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
     config: Config = options.config
+    if config.workers > 1:
+        from bridgeproxy.workers import Supervisor
+        log.info("bridgeproxy supervising {count} workers on {listen}", count=config.workers, listen=config.listen)
+        return Supervisor(reactor, options["config"], config.workers, config.listen)
     app = build(config, reactor)
     try:
         listener = strports.service(config.listen, app.site)
