@@ -185,7 +185,13 @@ class Running:
 
     @defer.inlineCallbacks
     def flush(self):
-        """Write every queued record now."""
+        """Wait for the requests in flight to end (a client may be done first), then write every record."""
+        for _ in range(250):
+            if not self.app.bridge.in_flight:
+                break
+            d = defer.Deferred()
+            reactor.callLater(0.02, d.callback, None)
+            yield d
         while self.app.recorder.queue:
             yield self.app.recorder.flush()
 
