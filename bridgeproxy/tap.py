@@ -39,6 +39,8 @@ class Options(usage.Options):
         ["config", "c", None, "Path to the TOML configuration file (default: the embedded defaults)."],
         ["listen", "l", None, "Twisted endpoint to listen on; overrides 'listen' in the configuration."],
         ["workers", "w", None, "Number of worker processes sharing the port; overrides 'workers'."],
+        ["log-format", None, "text", "Workers' log format, json or text (the main process: twistd "
+                                     "--logger=bridgeproxy.logs.json or .text)."],
     ]
 
     def postOptions(self) -> None:
@@ -55,6 +57,8 @@ class Options(usage.Options):
             except (ValueError, AssertionError):
                 raise usage.UsageError("--workers must be a whole number of 1 or more") from None
             config = override(config, workers=workers)
+        if self["log-format"] not in ("json", "text"):
+            raise usage.UsageError("--log-format must be json or text")
         if config.workers > 1:
             from bridgeproxy.workers import tcp_address
             try:
@@ -189,7 +193,7 @@ def makeService(options: Options) -> service.IService:
     if config.workers > 1:
         from bridgeproxy.workers import Supervisor
         log.info("bridgeproxy supervising {count} workers on {listen}", count=config.workers, listen=config.listen)
-        return Supervisor(reactor, options["config"], config.workers, config.listen)
+        return Supervisor(reactor, options["config"], config.workers, config.listen, options["log-format"])
     app = build(config, reactor)
     try:
         listener = strports.service(config.listen, app.site)

@@ -94,11 +94,13 @@ class Supervisor(service.Service):
 
     restart_delay = 1.0
 
-    def __init__(self, reactor: Any, config_path: Optional[str], count: int, listen: str):
+    def __init__(self, reactor: Any, config_path: Optional[str], count: int, listen: str,
+                 log_format: str = "text"):
         self.reactor = reactor
         self.config_path = config_path
         self.count = count
         self.listen = listen
+        self.log_format = log_format
         self.workers: dict[int, _Worker] = {}
         self.restarts = 0
 
@@ -110,7 +112,8 @@ class Supervisor(service.Service):
     def spawn(self, index: int) -> None:
         if not self.running:
             return
-        argv = [sys.executable, "-m", "bridgeproxy.workers", "--listen", self.listen, "--index", str(index)]
+        argv = [sys.executable, "-m", "bridgeproxy.workers", "--listen", self.listen, "--index", str(index),
+                "--log-format", self.log_format]
         if self.config_path:
             argv += ["--config", self.config_path]
         worker = _Worker(self, index)
@@ -146,15 +149,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--config")
     parser.add_argument("--listen", required=True)
     parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--log-format", choices=("json", "text"), default="text")
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import globalLogBeginner
+
+    from bridgeproxy.logs import observer
 
     from bridgeproxy.config import load, override, parse
     from bridgeproxy.tap import BridgeService, build
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([observer(args.log_format)], redirectStandardIO=False)
     config = load(args.config) if args.config else parse({})
     config = override(config, listen=args.listen)
     if config.recording.spool_path:

@@ -207,7 +207,9 @@ def start_bridge(tmp_path, extra: Optional[dict] = None, environ: Optional[dict]
                  upstream: Optional[FakeUpstream] = None, plugin_package: Any = None):
     """Start a fake upstream and a bridge in front of it; return a L{Running}."""
     upstream = upstream or FakeUpstream()
-    up_port = reactor.listenTCP(0, server.Site(upstream), interface="127.0.0.1")
+    up_site = server.Site(upstream)
+    up_site.log = lambda request: None  # the provider's own logs are not ours to check
+    up_port = reactor.listenTCP(0, up_site, interface="127.0.0.1")
     up_url = f"http://127.0.0.1:{up_port.getHost().port}"
     db_path = os.path.join(str(tmp_path), "bridge.db")
     data: dict[str, Any] = {

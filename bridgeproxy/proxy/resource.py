@@ -284,6 +284,12 @@ class Bridge:
             request.responseHeaders.setRawHeaders(b"X-Accel-Buffering", [b"no"])
         if ex.route:
             ex.parser = provider.usage_parser(ex.route, stream)
+        if response.code >= 400 and not stream and ex.credential_kind == "centralized":
+            # An error may repeat the key it was sent: that key is ours, not
+            # the client's, so the answer is read whole and the key masked.
+            request.responseHeaders.removeHeader(b"Content-Length")
+            response.deliverBody(_ErrorBody(ex, self, response.code))
+            return
         route = ex.route or ""
         tail = (lambda kind, message: provider.stream_error_event(route, kind, message)) if stream else None
         ex.relay = Relay(request, self.clock, self.timeout,
@@ -457,10 +463,44 @@ def _printable(path: bytes) -> str:
 
 def _scrub(text: str, ex: Exchange) -> str:
     """Remove the secrets this exchange knows from C{text} (an upstream may echo them)."""
-    for secret in (ex.credential.token if ex.credential else None, ex.upstream_key):
+    central = ex.entry.config.key if ex.entry is not None else None
+    for secret in (ex.credential.token if ex.credential else None, ex.upstream_key, central):
         if secret and len(secret) >= 6 and secret in text:
             text = text.replace(secret, mask_secret(secret))
     return text
+
+
+class _ErrorBody(Protocol):
+    """Collects an upstream error answer, masks our keys in it, then relays it."""
+
+    limit = 1024 * 1024
+
+    def __init__(self, ex: Exchange, bridge: Bridge, code: int):
+        self.ex, self.bridge, self.code = ex, bridge, code
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.size <= self.limit:
+            self.chunks.append(data)
+            self.size += len(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        ex, request = self.ex, self.ex.request
+        body = b"".join(self.chunks)
+        text = body.decode("utf-8", "replace")
+        scrubbed = _scrub(text, ex)
+        if scrubbed != text:
+            body = scrubbed.encode("utf-8")
+        if ex.parser is not None:
+            ex.parser.feed(body)
+        if not ex.client_gone and request.channel is not None:
+            request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+            request.write(body)
+            request.finish()
+        usage = ex.parser.finish() if ex.parser is not None else None
+        error = usage.error if usage is not None and usage.error else f"upstream status {self.code}"
+        self.bridge._record(ex, status="ok", error=error, usage=usage)
 
 
 class _Discard(Protocol):

@@ -1,0 +1,90 @@
+"""
+Logs: no secret reaches any log line, whatever path it travels; one line per
+interception; JSON logs from `twistd --logger=bridgeproxy.logs.json`.
+"""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest_twisted
+from twisted.internet import reactor, threads
+from twisted.web import server
+
+from bridgeproxy import cli
+from tests import fakes
+from tests.http import call
+from tests.test_tap import ROOT, free_port, wait_for_port, write_config
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest_twisted.inlineCallbacks
+def test_secrets_never_reach_the_log(bridge, agent):
+    """Secrets in headers, query strings, bodies and upstream errors that echo keys appear in no log output,
+    and the gateway's provider key echoed by an upstream error never reaches the client."""
+    token = bridge.create_key("alice")
+    own = "sk-proj-BYOK-secret-0123456789abcdef"
+    wrong = "bp_WRONG-secret-token-0123456789"
+    query_secret = "sk-QUERY-secret-0123456789"
+    body_secret = "sk-BODY-secret-0123456789"
+
+    def echo(request, received):
+        # Like a provider that repeats the key it was sent in its error.
+        sent = received.header("authorization") or ""
+        return fakes.json_answer(401, {"error": {"message": f"Incorrect API key provided: {sent}",
+                                                 "type": "invalid_request_error"}})(request, received)
+    bridge.upstream.handler = echo
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": body_secret}]}
+    path = "/openai/v1/chat/completions?key=" + query_secret
+    response, answer = yield call(agent, "POST", bridge.url + path, body, {"Authorization": f"Bearer {token}"})
+    assert response.code == 401 and b"Incorrect API key" in answer
+    assert fakes.OPENAI_KEY.encode() not in answer  # the gateway's key never reaches a client
+    yield call(agent, "POST", bridge.url + path, body, {"X-Coder-Token": token, "Authorization": f"Bearer {own}"})
+    yield call(agent, "POST", bridge.url + path, body, {"X-Api-Key": wrong})
+    yield call(agent, "POST", bridge.url + path, body, {"X-Coder-Token": [token, wrong]})
+    yield call(agent, "POST", bridge.url + path, b"{broken " + body_secret.encode(), {"Authorization": f"Bearer {token}"})
+    yield call(agent, "GET", bridge.url + "/nowhere?token=" + query_secret, None, {"Authorization": f"Bearer {wrong}"})
+    yield bridge.flush()
+    text = bridge.log.text()
+    assert "interception " in text and "Refused" in text
+    for secret in (token, own, wrong, query_secret, body_secret, fakes.OPENAI_KEY):
+        assert secret not in text, secret
+    errors = [r["error"] or "" for r in bridge.rows()]
+    assert any("Incorrect API key" in e for e in errors)
+    assert not any(fakes.OPENAI_KEY in e or own in e for e in errors), errors
+
+
+@pytest_twisted.inlineCallbacks
+def test_twistd_json_logs(tmp_path, agent):
+    """`twistd --logger=bridgeproxy.logs.json` writes one JSON event per line, the interception line with its fields."""
+    upstream = fakes.FakeUpstream()
+    upstream.handler = fakes.json_answer(200, {"model": "gpt-4o", "choices": [],
+                                               "usage": {"prompt_tokens": 5, "completion_tokens": 6}})
+    up_port = reactor.listenTCP(0, server.Site(upstream), interface="127.0.0.1")
+    port = free_port()
+    config = write_config(tmp_path, f"http://127.0.0.1:{up_port.getHost().port}", port)
+    out = io.StringIO()
+    cli.main(["keys", "create", "--config", config, "--username", "alice"], out)
+    token = out.getvalue().strip()
+    env = dict(os.environ, T_OPENAI_KEY=fakes.OPENAI_KEY, T_ANTHROPIC_KEY=fakes.ANTHROPIC_KEY)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0]='twistd'; run()",
+         "-n", "--pidfile=", "--logger=bridgeproxy.logs.json", "bridgeproxy", "--config", config],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE)
+    try:
+        yield threads.deferToThread(wait_for_port, port, proc)
+        yield call(agent, "POST", f"http://127.0.0.1:{port}/openai/v1/chat/completions", CHAT,
+                   {"Authorization": f"Bearer {token}"})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = yield threads.deferToThread(proc.communicate, None, 30)
+        yield up_port.stopListening()
+    events = [json.loads(line) for line in output.decode().split("\x1e") if line.strip()]
+    lines = [e for e in events if e.get("log_format", "").startswith("interception ")]
+    assert len(lines) == 1
+    assert (lines[0]["initiator"], lines[0]["tokens_in"], lines[0]["tokens_out"]) == ("alice", 5, 6)
+    assert token not in output.decode() and fakes.OPENAI_KEY not in output.decode()
