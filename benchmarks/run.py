@@ -9,6 +9,8 @@ Targets (each a separate process in front of the same fake upstream):
   nginx     nginx as a keep-alive reverse proxy (when installed)
   bridge    twistd bridgeproxy, full pipeline, recording to SQLite
   bridge-norec  the same with recording off
+  bridge-2w  the same as bridge with workers = 2 (SO_REUSEPORT worker processes)
+  bridge-pg  the same as bridge, recording to PostgreSQL (when one is given)
 
 Load: wrk (Debian package `wrk`) for requests/s (-c 32) and latency (-c 1);
 benchmarks/streams.py for N concurrent streams.
@@ -122,7 +124,7 @@ def main():
         return p
 
     ports = {name: free_port() for name in ("upstream", "rproxy", "floor", "nginx", "bridge", "bridge-norec",
-                                            "bridge-pg")}
+                                            "bridge-2w", "bridge-pg")}
     try:
         spawn([PY, str(ROOT / "benchmarks" / "upstream.py"), str(ports["upstream"]),
                str(args.stream_events), str(args.stream_gap_ms)])
@@ -132,7 +134,9 @@ def main():
         if have_nginx:
             spawn([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(nginx_conf(tmp, ports["nginx"], ports["upstream"]))])
         token = None
-        bridges = [("bridge", "true", f"sqlite:{tmp / 'bridge.db'}"), ("bridge-norec", "false", f"sqlite:{tmp / 'bridge.db'}")]
+        bridges = [("bridge", "true", f"sqlite:{tmp / 'bridge.db'}"),
+                   ("bridge-norec", "false", f"sqlite:{tmp / 'bridge.db'}"),
+                   ("bridge-2w", "true", f"sqlite:{tmp / 'bridge.db'}")]
         if args.postgres:
             bridges.append(("bridge-pg", "true", args.postgres))
         pg_token = None
@@ -140,6 +144,7 @@ def main():
             config = tmp / f"{name}.toml"
             config.write_text(f"""
 listen = "tcp:{ports[name]}:interface=127.0.0.1:backlog=4096"
+workers = {2 if name == "bridge-2w" else 1}
 database = "{database}"
 [providers.openai]
 base_url = "http://127.0.0.1:{ports['upstream']}/v1"
@@ -169,7 +174,8 @@ spool_path = "{tmp / (name + '-spool.jsonl')}"
         if have_nginx:
             targets.append(("nginx", f"http://127.0.0.1:{ports['nginx']}/chat/completions", None))
         targets += [("bridge", f"http://127.0.0.1:{ports['bridge']}/openai/v1/chat/completions", token),
-                    ("bridge-norec", f"http://127.0.0.1:{ports['bridge-norec']}/openai/v1/chat/completions", token)]
+                    ("bridge-norec", f"http://127.0.0.1:{ports['bridge-norec']}/openai/v1/chat/completions", token),
+                    ("bridge-2w", f"http://127.0.0.1:{ports['bridge-2w']}/openai/v1/chat/completions", token)]
         if args.postgres:
             targets.append(("bridge-pg", f"http://127.0.0.1:{ports['bridge-pg']}/openai/v1/chat/completions", pg_token))
         results = {}
