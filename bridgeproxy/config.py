@@ -87,7 +87,7 @@ class Config:
     database: str = DEFAULT_DATABASE
     max_body_bytes: int = 32 * 1024 * 1024
     shutdown_grace_seconds: float = 30.0
-    access_log: bool = True
+    access_log: bool = False
     metrics_listen: Optional[str] = None
     workers: int = 1
     identity_backend: str = "keystore"
@@ -339,7 +339,7 @@ def parse(data: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None,
         database=database,
         max_body_bytes=max_body,
         shutdown_grace_seconds=_typed("", data, "shutdown_grace_seconds", float, Config.shutdown_grace_seconds),
-        access_log=_typed("", data, "access_log", bool, True),
+        access_log=_typed("", data, "access_log", bool, False),
         metrics_listen=_typed("", data, "metrics_listen", str, None) or None,
         workers=int(_positive("", "workers", _typed("", data, "workers", int, 1))),
         identity_backend=_typed("", data, "identity_backend", str, "keystore"),

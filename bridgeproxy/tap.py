@@ -39,8 +39,8 @@ class Options(usage.Options):
         ["config", "c", None, "Path to the TOML configuration file (default: the embedded defaults)."],
         ["listen", "l", None, "Twisted endpoint to listen on; overrides 'listen' in the configuration."],
         ["workers", "w", None, "Number of worker processes sharing the port; overrides 'workers'."],
-        ["log-format", None, "text", "Workers' log format, json or text (the main process: twistd "
-                                     "--logger=bridgeproxy.logs.json or .text)."],
+        ["log-format", None, None, "Log to standard output as 'json' (one event per line) or 'text' "
+                                   "(default: twistd's own logging, --logfile)."],
     ]
 
     def postOptions(self) -> None:
@@ -57,8 +57,12 @@ class Options(usage.Options):
             except (ValueError, AssertionError):
                 raise usage.UsageError("--workers must be a whole number of 1 or more") from None
             config = override(config, workers=workers)
-        if self["log-format"] not in ("json", "text"):
+        if self["log-format"] not in (None, "json", "text"):
             raise usage.UsageError("--log-format must be json or text")
+        parent = getattr(self, "parent", None)
+        if self["log-format"] and parent is not None and parent.get("logger") is None:
+            # twistd resolves --logger after this; ours becomes its observer factory.
+            parent["logger"] = f"bridgeproxy.logs.{self['log-format']}"
         if config.workers > 1:
             from bridgeproxy.workers import tcp_address
             try:
@@ -193,7 +197,8 @@ def makeService(options: Options) -> service.IService:
     if config.workers > 1:
         from bridgeproxy.workers import Supervisor
         log.info("bridgeproxy supervising {count} workers on {listen}", count=config.workers, listen=config.listen)
-        return Supervisor(reactor, options["config"], config.workers, config.listen, options["log-format"])
+        return Supervisor(reactor, options["config"], config.workers, config.listen,
+                          options["log-format"] or "text")
     app = build(config, reactor)
     try:
         listener = strports.service(config.listen, app.site)

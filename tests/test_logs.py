@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor, threads
 from twisted.web import server
@@ -20,6 +21,15 @@ from tests.http import call
 from tests.test_tap import ROOT, free_port, wait_for_port, write_config
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def bridge(tmp_path, captured_log):
+    """A bridge with the access log on, so that it is checked too."""
+    running = pytest_twisted.blockon(fakes.start_bridge(tmp_path, {"access_log": True}))
+    running.log = captured_log
+    yield running
+    pytest_twisted.blockon(running.stop())
 
 
 @pytest_twisted.inlineCallbacks
@@ -51,6 +61,7 @@ def test_secrets_never_reach_the_log(bridge, agent):
     yield bridge.flush()
     text = bridge.log.text()
     assert "interception " in text and "Refused" in text
+    assert '"POST /openai/v1/chat/completions HTTP/1.1" 401' in text  # the access log, without the query
     for secret in (token, own, wrong, query_secret, body_secret, fakes.OPENAI_KEY):
         assert secret not in text, secret
     errors = [r["error"] or "" for r in bridge.rows()]
@@ -60,7 +71,7 @@ def test_secrets_never_reach_the_log(bridge, agent):
 
 @pytest_twisted.inlineCallbacks
 def test_twistd_json_logs(tmp_path, agent):
-    """`twistd --logger=bridgeproxy.logs.json` writes one JSON event per line, the interception line with its fields."""
+    """`twistd bridgeproxy --log-format json` writes one JSON event per line, the interception line with its fields."""
     upstream = fakes.FakeUpstream()
     upstream.handler = fakes.json_answer(200, {"model": "gpt-4o", "choices": [],
                                                "usage": {"prompt_tokens": 5, "completion_tokens": 6}})
@@ -73,7 +84,7 @@ def test_twistd_json_logs(tmp_path, agent):
     env = dict(os.environ, T_OPENAI_KEY=fakes.OPENAI_KEY, T_ANTHROPIC_KEY=fakes.ANTHROPIC_KEY)
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0]='twistd'; run()",
-         "-n", "--pidfile=", "--logger=bridgeproxy.logs.json", "bridgeproxy", "--config", config],
+         "-n", "--pidfile=", "bridgeproxy", "--log-format", "json", "--config", config],
         cwd=ROOT, env=env, stdout=subprocess.PIPE)
     try:
         yield threads.deferToThread(wait_for_port, port, proc)

@@ -64,7 +64,7 @@ def access_log_line(timestamp: str, request: Any) -> str:
 
 
 def make_site(resource: Any, max_body: int, reactor: Any = None, timeout: float = 60.0,
-              access_log: bool = True) -> Site:
+              access_log: bool = False) -> Site:
     """A L{Site} for the bridge resource with the body limit and the safe access log."""
     request_class = type("BridgeRequest", (BoundedRequest,), {"max_body": max_body})
     site = Site(resource, requestFactory=request_class, timeout=timeout,
