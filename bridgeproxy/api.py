@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from bridgeproxy.auth import extract_credential
+from bridgeproxy.config import parse_since
 from bridgeproxy.errors import AuthenticationFailed, BadRequest, BridgeError, NotFound, PermissionDenied
 from bridgeproxy.proxy.errors import write_error
 
@@ -42,15 +42,10 @@ def _arg(request: Any, name: str) -> Optional[str]:
 
 
 def _since(value: Optional[str]) -> Optional[float]:
-    if value is None:
-        return None
     try:
-        parsed = datetime.fromisoformat(value)
+        return parse_since(value)
     except ValueError:
         raise BadRequest("since must be an ISO 8601 date or time") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
 
 
 def _int(request: Any, name: str, default: int, lowest: int, highest: int) -> int:

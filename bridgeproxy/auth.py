@@ -16,6 +16,17 @@ from bridgeproxy.interfaces import IAuthExtractor, IConfigurable
 from bridgeproxy.types import Credential
 
 
+def header_key(name: str) -> bytes:
+    """
+    A header name as Twisted stores it (lower-case bytes), encoded once:
+    Twisted would normalise a str name on every call otherwise.
+    """
+    key = _NAMES.get(name)
+    if key is None:
+        key = _NAMES[name] = name.lower().encode("ascii")
+    return key
+
+
 def single_header(request: Any, name: str) -> Optional[str]:
     """
     The value of header C{name}, trimmed; L{None} when absent or blank.
@@ -24,10 +35,7 @@ def single_header(request: Any, name: str) -> Optional[str]:
         different values: guessing which one is meant is how a forged
         header wins.
     """
-    key = _NAMES.get(name)
-    if key is None:
-        key = _NAMES[name] = name.lower().encode("ascii")
-    values = request.requestHeaders.getRawHeaders(key)
+    values = request.requestHeaders.getRawHeaders(header_key(name))
     if not values:
         return None
     found = None
@@ -42,8 +50,6 @@ def single_header(request: Any, name: str) -> Optional[str]:
     return found
 
 
-#: Header names as bytes, encoded once: Twisted normalises str names on
-#: every call otherwise.
 _NAMES: dict[str, bytes] = {}
 
 

@@ -12,7 +12,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Optional, Sequence
 
-from bridgeproxy.config import Config, is_uuid4, load, parse
+from bridgeproxy.config import Config, is_uuid4, load, parse, parse_since
 from bridgeproxy.errors import ConfigError
 from bridgeproxy.store import Database, StoreError
 
@@ -34,15 +34,10 @@ def _when(ts: Optional[float]) -> str:
 
 
 def _since(value: Optional[str]) -> Optional[float]:
-    if value is None:
-        return None
     try:
-        parsed = datetime.fromisoformat(value)
+        return parse_since(value)
     except ValueError:
         raise SystemExit(f"--since: not an ISO date or time: {value!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
 
 
 def _table(rows: list[dict[str, Any]], columns: Sequence[str], out: Any) -> None:

@@ -14,20 +14,15 @@ from typing import Any, Callable, Iterable, Optional
 
 from zope.interface import implementer
 
+from bridgeproxy.auth import header_key
 from bridgeproxy.interfaces import IClientDetector
 from bridgeproxy.types import UNKNOWN_CLIENT, ClientInfo
 
 _MAX_SESSION_ID = 256
 
 
-_NAMES: dict[str, bytes] = {}
-
-
 def _header(request: Any, name: str) -> Optional[str]:
-    key = _NAMES.get(name)
-    if key is None:
-        key = _NAMES[name] = name.lower().encode("ascii")
-    values = request.requestHeaders.getRawHeaders(key)
+    values = request.requestHeaders.getRawHeaders(header_key(name))
     if not values:
         return None
     return values[0][:_MAX_SESSION_ID].decode("latin-1").strip() or None
@@ -86,7 +81,7 @@ class ClientRule:
         if self.originators and originator in self.originators:
             return True
         if self.header_present is not None and request.requestHeaders.hasHeader(
-                self.header_present.lower().encode("ascii")):
+                header_key(self.header_present)):
             return True
         return False
 

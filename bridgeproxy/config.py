@@ -162,6 +162,21 @@ def _ca_file(path: Optional[str], base_dir: str) -> Optional[str]:
     return full
 
 
+def parse_since(value: Optional[str]) -> Optional[float]:
+    """
+    An ISO 8601 date or time (UTC unless it says otherwise) as POSIX seconds.
+
+    @raise ValueError: for anything else.
+    """
+    if value is None:
+        return None
+    from datetime import datetime, timezone
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
+
+
 def is_uuid4(value: str) -> bool:
     """Whether C{value} is a version-4 UUID in canonical (lower-case, hyphenated) form."""
     if len(value) != 36:

@@ -152,6 +152,19 @@ class UsageParser:
         raise NotImplementedError
 
 
+def route_of(routes: dict[bytes, str], subpath: bytes) -> Optional[str]:
+    """
+    An intercepted route's name from C{routes}; C{""} for any other
+    C{/v1/...} path (passed through); L{None} for anything else.
+    """
+    found = routes.get(subpath.rstrip(b"/"))
+    if found is not None:
+        return found
+    if subpath.startswith(b"/v1/"):
+        return ""
+    return None
+
+
 def dumps(obj: Any) -> bytes:
     """Compact JSON bytes."""
     return json.dumps(obj, separators=(",", ":")).encode("utf-8")

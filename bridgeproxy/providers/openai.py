@@ -12,7 +12,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from bridgeproxy.interfaces import IProvider
-from bridgeproxy.providers.base import UsageParser, as_int, dumps, get, text_of
+from bridgeproxy.providers.base import UsageParser, as_int, dumps, get, route_of, text_of
 
 _ERRORS = {
     # kind: (type, code)
@@ -158,12 +158,7 @@ class OpenAIProvider:
     routes = {b"/v1/chat/completions": "chat.completions", b"/v1/responses": "responses"}
 
     def route(self, subpath: bytes) -> Optional[str]:
-        found = self.routes.get(subpath.rstrip(b"/"))
-        if found is not None:
-            return found
-        if subpath.startswith(b"/v1/"):
-            return ""
-        return None
+        return route_of(self.routes, subpath)
 
     def upstream_url(self, base_url: str, subpath: bytes, query: bytes) -> bytes:
         # The configured base already ends in /v1.

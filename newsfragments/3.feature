@@ -1,0 +1,1 @@
+Interception recording: usage, prompts and tool calls parsed from OpenAI chat/responses and Anthropic messages (blocking and streamed), stored in SQLite or PostgreSQL with versioned migrations, batched off the reactor with retry and a local spool, retention, `bridgeproxy interceptions list` / `usage`, and GET /api/v1/interceptions and /api/v1/usage.

@@ -1,0 +1,1 @@
+Operations: Prometheus /metrics (or metrics_listen), --log-format json|text and one log line per interception, /healthz and /readyz, graceful SIGTERM with shutdown_grace_seconds, workers = N on SO_REUSEPORT with supervision, [limits] max_concurrency and per-initiator rate, TLS listening and verified upstream TLS with ca_file.
