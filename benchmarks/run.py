@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import signal
 import socket
 import subprocess
@@ -102,6 +103,7 @@ http {{
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--streams", type=int, default=2000)
     parser.add_argument("--stream-events", type=int, default=20)
     parser.add_argument("--stream-gap-ms", type=float, default=500)
@@ -178,15 +180,25 @@ spool_path = "{tmp / (name + '-spool.jsonl')}"
                     ("bridge-2w", f"http://127.0.0.1:{ports['bridge-2w']}/openai/v1/chat/completions", token)]
         if args.postgres:
             targets.append(("bridge-pg", f"http://127.0.0.1:{ports['bridge-pg']}/openai/v1/chat/completions", pg_token))
-        results = {}
         for name, url, tok in targets:
             wrk(url, 8, 1, tok)  # warm up: connections, caches
-            throughput = wrk(url, 32, args.seconds, tok)
-            latency = wrk(url, 1, args.seconds, tok)
-            results[name] = {"rps": throughput["rps"], "non2xx": throughput["non2xx"] + latency["non2xx"],
-                             "socket_errors": throughput["socket_errors"], "p50_us_c1": latency["p50_us"],
-                             "rps_c1": latency["rps"]}
-            print(name, json.dumps(results[name]), flush=True)
+        # Rounds interleave the targets, so that a noisy moment of a shared
+        # machine hits all of them; the median of the rounds is reported.
+        samples: dict[str, list] = {name: [] for name, _, _ in targets}
+        for round_ in range(args.repeat):
+            for name, url, tok in targets:
+                throughput = wrk(url, 32, args.seconds, tok)
+                latency = wrk(url, 1, args.seconds, tok)
+                samples[name].append((throughput, latency))
+                print(round_, name, throughput["rps"], latency["p50_us"], flush=True)
+        results = {}
+        for name, runs in samples.items():
+            results[name] = {
+                "rps": statistics.median(t["rps"] for t, _ in runs),
+                "rps_all": [round(t["rps"]) for t, _ in runs],
+                "p50_us_c1": statistics.median(lat["p50_us"] for _, lat in runs),
+                "non2xx": sum(t["non2xx"] + lat["non2xx"] for t, lat in runs),
+            }
 
         streams = {}
         stream_targets = [("direct", ports["upstream"], "/v1/chat/completions", None),
@@ -219,14 +231,16 @@ def render(results, streams, args):
     direct = results["direct"]
     lines = [
         f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
-        f"wrk -t1, {args.seconds}s per measurement, Python {sys.version.split()[0]}.",
+        f"wrk -t1, {args.seconds}s per measurement, {args.repeat} interleaved rounds, "
+        f"Python {sys.version.split()[0]}.",
         "",
-        "| target | req/s (c=32) | vs rproxy | p50 latency c=1 (µs) | added vs direct (µs) | non-2xx |",
-        "|---|---|---|---|---|---|",
+        "| target | req/s (c=32), median | rounds | vs rproxy | p50 latency c=1 (µs) | added vs direct (µs) | non-2xx |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         added = (r["p50_us_c1"] - direct["p50_us_c1"]) if r["p50_us_c1"] and direct["p50_us_c1"] else None
-        lines.append(f"| {name} | {r['rps']:.0f} | {r['rps'] / results['rproxy']['rps']:.2f}× | "
+        lines.append(f"| {name} | {r['rps']:.0f} | {' / '.join(map(str, r['rps_all']))} | "
+                     f"{r['rps'] / results['rproxy']['rps']:.2f}× | "
                      f"{r['p50_us_c1']:.0f} | {'' if name == 'direct' else f'{added:.0f}'} | {r['non2xx']} |")
     lines += ["", f"Streams: {args.streams} opened over {args.stream_ramp:.0f} s, {args.stream_events} events each, "
               f"one every {args.stream_gap_ms:.0f} ms.", "",
