@@ -47,6 +47,7 @@ setup(
             "openai>=1.40",
             "anthropic>=0.34",
         ],
+        "dev": ["mypy", "mypy-zope", "ruff"],
     },
     entry_points={"console_scripts": ["bridgeproxy = bridgeproxy.cli:main"]},
     cmdclass={"install": InstallAndCachePlugins},

@@ -180,7 +180,7 @@ spool_path = "{tmp / (name + '-spool.jsonl')}"
                     ("bridge-2w", f"http://127.0.0.1:{ports['bridge-2w']}/openai/v1/chat/completions", token)]
         if args.postgres:
             targets.append(("bridge-pg", f"http://127.0.0.1:{ports['bridge-pg']}/openai/v1/chat/completions", pg_token))
-        for name, url, tok in targets:
+        for _, url, tok in targets:
             wrk(url, 8, 1, tok)  # warm up: connections, caches
         # Rounds interleave the targets, so that a noisy moment of a shared
         # machine hits all of them; the median of the rounds is reported.

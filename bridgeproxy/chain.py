@@ -53,7 +53,7 @@ def available(interface: InterfaceClass, package: Any = None) -> dict[str, Any]:
     if package is None:
         import twisted.plugins as package
     found: dict[str, Any] = {}
-    for plugin in getPlugins(interface, package):
+    for plugin in getPlugins(interface, package):  # type: ignore[arg-type, var-annotated]
         name = getattr(plugin, "name", None)
         if isinstance(name, str) and name not in found:
             found[name] = plugin

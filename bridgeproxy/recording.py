@@ -89,7 +89,11 @@ class Recorder:
     def _tick(self) -> None:
         self._timer = None
         d = self.flush()
-        d.addBoth(lambda _: self._running and self._schedule(self._backoff or self.config.flush_interval))
+        d.addBoth(self._reschedule)
+
+    def _reschedule(self, result: Any) -> None:
+        if self._running:
+            self._schedule(self._backoff or self.config.flush_interval)
 
     def flush(self) -> Deferred:
         """Write one batch; fires when done (success or not)."""
@@ -211,10 +215,13 @@ class Retention:
     def _run(self) -> None:
         cutoff = self._clock.seconds() - self.days * 86400
         d = self._store.run(lambda db: db.prune(cutoff))
-        d.addCallback(lambda count: count and self.log.info(
-            "Pruned {count} interceptions older than {days} days", count=count, days=self.days))
+        d.addCallback(self._pruned)
         d.addErrback(lambda f: self.log.warn("Pruning failed: {error}", error=f.getErrorMessage()))
         self._call = self._clock.callLater(self.interval, self._run)
+
+    def _pruned(self, count: int) -> None:
+        if count:
+            self.log.info("Pruned {count} interceptions older than {days} days", count=count, days=self.days)
 
     def stop(self) -> None:
         if self._call is not None and self._call.active():

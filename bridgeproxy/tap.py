@@ -210,7 +210,7 @@ def makeService(options: Options) -> service.IService:
 
         from bridgeproxy.api import MetricsResource
         metrics_site = Site(MetricsResource(app.metrics), reactor=reactor)
-        metrics_site.log = lambda request: None
+        metrics_site.log = lambda request: None  # type: ignore[method-assign]
         try:
             strports.service(config.metrics_listen, metrics_site).setServiceParent(top)
         except (ValueError, KeyError, TypeError) as e:

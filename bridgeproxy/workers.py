@@ -79,6 +79,8 @@ class AdoptedPort(service.Service):
 
 
 class _Worker(ProcessProtocol):
+    transport: Any
+
     def __init__(self, supervisor: "Supervisor", index: int):
         self.supervisor = supervisor
         self.index = index

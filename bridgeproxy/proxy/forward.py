@@ -82,7 +82,7 @@ def make_agent(reactor: Any, config: UpstreamConfig, tls_policy: Any = None) -> 
     """
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = config.max_connections_per_host
-    pool.cachedConnectionTimeout = config.idle_connection_seconds
+    pool.cachedConnectionTimeout = config.idle_connection_seconds  # type: ignore[assignment]
     if tls_policy is None:
         trust = None
         if config.ca_file:
@@ -130,6 +130,7 @@ class Relay(Protocol):
         self.on_data = on_data
         self.on_done = on_done
         self.stall_tail = stall_tail
+        self.transport: Any = None  # the upstream body's producer (TransportProxyProducer)
         self.outcome: Optional[str] = None
         self.bytes_relayed = 0
         #: When the first body byte arrived (the clock's seconds), if it did.

@@ -213,9 +213,12 @@ class Bridge:
         for i in range(start, len(resolvers)):
             result = resolvers[i].resolve(ex.request, ex.credential, ex.client, initiator)
             if isinstance(result, Deferred):
-                return result.addCallback(lambda value, i=i: self._resolve(ex, i + 1, value))
+                return result.addCallback(self._resolve_from, ex, i + 1)
             initiator = result
         return initiator
+
+    def _resolve_from(self, initiator: Optional[Initiator], ex: Exchange, start: int) -> Any:
+        return self._resolve(ex, start, initiator)
 
     def _forward(self, initiator: Optional[Initiator], ex: Exchange) -> None:
         if initiator is None:
@@ -505,6 +508,8 @@ class _ErrorBody(Protocol):
 
 class _Discard(Protocol):
     """Takes an answer nobody is waiting for, and stops it."""
+
+    transport: Any
 
     def connectionMade(self) -> None:
         self.transport.stopProducing()

@@ -21,6 +21,7 @@ class BoundedRequest(Request):
 
     max_body = 32 * 1024 * 1024
     too_large = False
+    content: Any
     _received = 0
 
     def gotLength(self, length: Any) -> None:

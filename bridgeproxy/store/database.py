@@ -45,6 +45,7 @@ class Database:
     def __init__(self, url: str):
         self.url = url
         self._statements: dict[int, str] = {}
+        self._conn: Any
         if url.startswith("sqlite:"):
             self.dialect = "sqlite"
             path = url[len("sqlite:"):] or ":memory:"
