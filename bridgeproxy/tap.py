@@ -199,7 +199,10 @@ def makeService(options: Options) -> service.IService:
         log.info("bridgeproxy supervising {count} workers on {listen}", count=config.workers, listen=config.listen)
         return Supervisor(reactor, options["config"], config.workers, config.listen,
                           options["log-format"] or "text")
-    app = build(config, reactor)
+    try:
+        app = build(config, reactor)
+    except ConfigError as e:
+        raise SystemExit(f"bridgeproxy: {e}") from None
     try:
         listener = strports.service(config.listen, app.site)
     except (ValueError, KeyError, TypeError) as e:

@@ -148,6 +148,17 @@ def test_twistd_serves_and_stops_cleanly(tmp_path, agent):
     assert code in (0, -signal.SIGTERM)
     rows = Database(f"sqlite:{tmp_path / 'bridge.db'}").interceptions()
     assert [(r["initiator_username"], r["input_tokens"], r["output_tokens"]) for r in rows] == [("alice", 3, 4)]
+    listed = io.StringIO()
+    assert cli.main(["interceptions", "list", "--config", config, "--initiator", "alice", "--json"], listed) == 0
+    assert [r["model"] for r in json.loads(listed.getvalue())] == ["gpt-4o"]
+    none = io.StringIO()
+    cli.main(["interceptions", "list", "--config", config, "--client", "Codex", "--json"], none)
+    assert json.loads(none.getvalue()) == []
+    table = io.StringIO()
+    assert cli.main(["usage", "--config", config, "--by", "model", "--since", "2020-01-01"], table) == 0
+    header, row = table.getvalue().splitlines()[:2]
+    assert header.split()[:4] == ["model", "requests", "input_tokens", "output_tokens"]
+    assert row.split()[:4] == ["gpt-4o", "1", "3", "4"]
     log_text = log_path.read_text()
     assert "listening on" in log_text
     assert token not in log_text and fakes.OPENAI_KEY not in log_text

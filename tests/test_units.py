@@ -283,7 +283,7 @@ def test_sse_line_endings_and_comments():
 def test_streamed_usage_at_every_split(provider, route, stream, expected):
     """Streamed usage and tool calls come out the same at every split point of the stream."""
     data = b"".join(stream)
-    for cut in range(0, len(data), 7):
+    for cut in range(len(data) + 1):
         parser = provider.usage_parser(route, True)
         parser.feed(data[:cut])
         parser.feed(data[cut:])
