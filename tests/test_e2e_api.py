@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from bridgeproxy.recording import Retention
 from tests import fakes
 from tests.http import call
-from tests.test_store import PG_URL
+from tests.test_store import PG_URL, drop_pg_schema, pg_schema
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -115,17 +115,9 @@ def pg_ctl(action):
 @pytest_twisted.inlineCallbacks
 def test_postgres_stopped_mid_load_loses_nothing(tmp_path, agent, captured_log):
     """PostgreSQL stopped mid-load: requests keep being served, and every row arrives once it is back, once."""
-    if not PG_URL or "BRIDGEPROXY_PG_DATADIR" not in os.environ:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the PostgreSQL tests (bash scripts/test starts the server)")
-        pytest.skip("PostgreSQL NOT TESTED: run through bash scripts/test")
-    import uuid
-
-    import psycopg
-    schema = "t_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    url, schema = pg_schema()
+    if "BRIDGEPROXY_PG_DATADIR" not in os.environ:
+        pytest.skip("PostgreSQL restart NOT TESTED: run through bash scripts/test, which owns the server")
     running = yield fakes.start_bridge(tmp_path, {"database": url, "auth": {"cache_seconds": 1},
                                                   "recording": {"batch_size": 5, "queue_max": 12}})
     running.db = lambda: __import__("bridgeproxy.store", fromlist=["Database"]).Database(url)
@@ -161,5 +153,4 @@ def test_postgres_stopped_mid_load_loses_nothing(tmp_path, agent, captured_log):
         assert token not in captured_log.text()
     finally:
         yield running.stop()
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        drop_pg_schema(schema)

@@ -3,22 +3,17 @@ Logs: no secret reaches any log line, whatever path it travels; one line per
 interception; JSON logs from `twistd --logger=bridgeproxy.logs.json`.
 """
 
-import io
 import json
-import os
 import signal
 import subprocess
-import sys
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, threads
-from twisted.web import server
+from twisted.internet import threads
 
-from bridgeproxy import cli
 from tests import fakes
 from tests.http import call
-from tests.test_tap import ROOT, free_port, wait_for_port, write_config
+from tests.test_tap import spawn_twistd, start_upstream_and_key, wait_for_port
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -72,20 +67,9 @@ def test_secrets_never_reach_the_log(bridge, agent):
 @pytest_twisted.inlineCallbacks
 def test_twistd_json_logs(tmp_path, agent):
     """`twistd bridgeproxy --log-format json` writes one JSON event per line, the interception line with its fields."""
-    upstream = fakes.FakeUpstream()
-    upstream.handler = fakes.json_answer(200, {"model": "gpt-4o", "choices": [],
-                                               "usage": {"prompt_tokens": 5, "completion_tokens": 6}})
-    up_port = reactor.listenTCP(0, server.Site(upstream), interface="127.0.0.1")
-    port = free_port()
-    config = write_config(tmp_path, f"http://127.0.0.1:{up_port.getHost().port}", port)
-    out = io.StringIO()
-    cli.main(["keys", "create", "--config", config, "--username", "alice"], out)
-    token = out.getvalue().strip()
-    env = dict(os.environ, T_OPENAI_KEY=fakes.OPENAI_KEY, T_ANTHROPIC_KEY=fakes.ANTHROPIC_KEY)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0]='twistd'; run()",
-         "-n", "--pidfile=", "bridgeproxy", "--log-format", "json", "--config", config],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE)
+    port, up_port, upstream, config, token = start_upstream_and_key(tmp_path, fakes.json_answer(200, {
+        "model": "gpt-4o", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 6}}))
+    proc = spawn_twistd(config, ["bridgeproxy", "--log-format", "json", "--config", config], stdout=subprocess.PIPE)
     try:
         yield threads.deferToThread(wait_for_port, port, proc)
         yield call(agent, "POST", f"http://127.0.0.1:{port}/openai/v1/chat/completions", CHAT,

@@ -20,7 +20,11 @@ from bridgeproxy.types import Interception, ToolCall
 PG_URL = os.environ.get("BRIDGEPROXY_TEST_POSTGRES")
 
 
-def _pg_database():
+def pg_schema() -> tuple[str, str]:
+    """
+    A fresh schema on the test server: C{(url using it, schema)}.  Fails in
+    CI when there is no server (scripts/test starts one); skips loudly elsewhere.
+    """
     if not PG_URL:
         if os.environ.get("CI"):
             pytest.fail("BRIDGEPROXY_TEST_POSTGRES is not set in CI: .ci/run must start PostgreSQL")
@@ -30,7 +34,13 @@ def _pg_database():
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
     sep = "&" if "?" in PG_URL else "?"
-    return Database(f"{PG_URL}{sep}options=-csearch_path%3D{schema}"), schema
+    return f"{PG_URL}{sep}options=-csearch_path%3D{schema}", schema
+
+
+def drop_pg_schema(schema: str) -> None:
+    import psycopg
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -40,12 +50,11 @@ def db(request, tmp_path):
         yield database
         database.close()
         return
-    database, schema = _pg_database()
+    url, schema = pg_schema()
+    database = Database(url)
     yield database
     database.close()
-    import psycopg
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    drop_pg_schema(schema)
 
 
 def record(i: int = 0, **kw) -> Interception:

@@ -98,6 +98,24 @@ def test_twistd_lists_the_plugin():
     assert "bridgeproxy" in result.stdout
 
 
+def spawn_twistd(config: str, args: list, **popen) -> subprocess.Popen:
+    """`twistd -n --pidfile= [args...]` with the test provider keys in the environment."""
+    env = dict(os.environ, T_OPENAI_KEY=fakes.OPENAI_KEY, T_ANTHROPIC_KEY=fakes.ANTHROPIC_KEY)
+    return subprocess.Popen(TWISTD + ["-n", "--pidfile="] + args, cwd=ROOT, env=env, **popen)
+
+
+def start_upstream_and_key(tmp_path, answer):
+    """A fake upstream answering C{answer}, a config for a bridge on a free port, a key: (port, up_port, upstream, config, token)."""
+    upstream = fakes.FakeUpstream()
+    upstream.handler = answer
+    up_port = reactor.listenTCP(0, server.Site(upstream), interface="127.0.0.1")
+    port = free_port()
+    config = write_config(tmp_path, f"http://127.0.0.1:{up_port.getHost().port}", port)
+    out = io.StringIO()
+    cli.main(["keys", "create", "--config", config, "--username", "alice"], out)
+    return port, up_port, upstream, config, out.getvalue().strip()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -120,20 +138,10 @@ def wait_for_port(port: int, proc, seconds: float = 30.0) -> None:
 @pytest_twisted.inlineCallbacks
 def test_twistd_serves_and_stops_cleanly(tmp_path, agent):
     """`twistd -n bridgeproxy --config` proxies a real request, records it, and flushes it on SIGTERM."""
-    upstream = fakes.FakeUpstream()
-    upstream.handler = fakes.json_answer(200, {
-        "id": "c", "model": "gpt-4o", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}})
-    up_port = reactor.listenTCP(0, server.Site(upstream), interface="127.0.0.1")
-    port = free_port()
-    config = write_config(tmp_path, f"http://127.0.0.1:{up_port.getHost().port}", port)
-    out = io.StringIO()
-    cli.main(["keys", "create", "--config", config, "--username", "alice"], out)
-    token = out.getvalue().strip()
-    env = dict(os.environ, T_OPENAI_KEY=fakes.OPENAI_KEY, T_ANTHROPIC_KEY=fakes.ANTHROPIC_KEY)
+    port, up_port, upstream, config, token = start_upstream_and_key(tmp_path, fakes.json_answer(200, {
+        "id": "c", "model": "gpt-4o", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}))
     log_path = tmp_path / "twistd.log"
-    proc = subprocess.Popen(
-        TWISTD + ["-n", "--pidfile=", "--logfile", str(log_path),
-         "bridgeproxy", "--config", config], cwd=ROOT, env=env)
+    proc = spawn_twistd(config, ["--logfile", str(log_path), "bridgeproxy", "--config", config])
     try:
         yield threads.deferToThread(wait_for_port, port, proc)
         response, body = yield call(agent, "POST", f"http://127.0.0.1:{port}/openai/v1/chat/completions",
@@ -186,18 +194,8 @@ def slow_sse(events, gap):
 def test_sigterm_lets_stream_in_progress_finish(tmp_path, agent):
     """A stream in progress at SIGTERM completes (every event delivered) and is recorded before the process exits."""
     from tests.test_e2e_streaming import ANTHROPIC_EVENTS, STREAM_MESSAGES, Collector, open_stream
-    upstream = fakes.FakeUpstream()
-    upstream.handler = slow_sse(ANTHROPIC_EVENTS, 0.25)
-    up_port = reactor.listenTCP(0, server.Site(upstream), interface="127.0.0.1")
-    port = free_port()
-    config = write_config(tmp_path, f"http://127.0.0.1:{up_port.getHost().port}", port,
-                          extra="")
-    out = io.StringIO()
-    cli.main(["keys", "create", "--config", config, "--username", "alice"], out)
-    token = out.getvalue().strip()
-    env = dict(os.environ, T_OPENAI_KEY=fakes.OPENAI_KEY, T_ANTHROPIC_KEY=fakes.ANTHROPIC_KEY)
-    proc = subprocess.Popen(TWISTD + ["-n", "--pidfile=", "--logfile", str(tmp_path / "twistd.log"),
-                                      "bridgeproxy", "--config", config], cwd=ROOT, env=env)
+    port, up_port, upstream, config, token = start_upstream_and_key(tmp_path, slow_sse(ANTHROPIC_EVENTS, 0.25))
+    proc = spawn_twistd(config, ["--logfile", str(tmp_path / "twistd.log"), "bridgeproxy", "--config", config])
     try:
         yield threads.deferToThread(wait_for_port, port, proc)
         collector = Collector()
