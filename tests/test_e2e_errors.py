@@ -217,3 +217,28 @@ def test_nothing_left_in_flight(bridge, agent):
     yield call(agent, "POST", bridge.url + "/openai/v1/chat/completions", CHAT, {"Authorization": f"Bearer {token}"})
     yield call(agent, "GET", bridge.url + "/healthz")
     assert bridge.app.bridge.in_flight == set()
+
+
+@pytest_twisted.inlineCallbacks
+def test_error_body_that_never_ends_times_out(tmp_path, agent, captured_log):
+    """An upstream error whose body never ends is cut at the stall timeout; the upstream connection is closed."""
+    def stuck_error(request, received):
+        request.setResponseCode(500)
+        request.setHeader(b"content-type", b"application/json")
+        request.write(b'{"error": {"message": "partial')
+        return fakes.server.NOT_DONE_YET
+    running = yield fakes.start_bridge(tmp_path, {"upstream": {"timeout": 0.3}})
+    running.upstream.handler = stuck_error
+    try:
+        token = running.create_key("alice")
+        response, body = yield call(agent, "POST", running.url + "/openai/v1/chat/completions", CHAT,
+                                    {"Authorization": f"Bearer {token}"})
+        assert response.code == 500
+        assert body.startswith(b'{"error": {"message": "partial')
+        d = defer.Deferred()
+        reactor.callLater(0.1, d.callback, None)
+        yield d
+        assert len(running.upstream.lost) == 1
+        assert running.app.bridge.in_flight == set()
+    finally:
+        yield running.stop()

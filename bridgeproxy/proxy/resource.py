@@ -80,6 +80,7 @@ class Exchange:
     upstream_status: Optional[int] = None
     streamed: bool = False
     relay: Optional[Relay] = None
+    error_body: Any = None
     parser: Any = None
     pending: Optional[Deferred] = None
     timer: Any = None
@@ -259,6 +260,8 @@ class Bridge:
         ex.client_gone = True
         if ex.relay is not None:
             ex.relay.client_gone()
+        elif ex.error_body is not None:
+            ex.error_body.stop()
         elif ex.pending is not None:
             ex.pending.cancel()
 
@@ -291,7 +294,8 @@ class Bridge:
             # An error may repeat the key it was sent: that key is ours, not
             # the client's, so the answer is read whole and the key masked.
             request.responseHeaders.removeHeader(b"Content-Length")
-            response.deliverBody(_ErrorBody(ex, self, response.code))
+            ex.error_body = _ErrorBody(ex, self, response.code)
+            response.deliverBody(ex.error_body)
             return
         route = ex.route or ""
         tail = (lambda kind, message: provider.stream_error_event(route, kind, message)) if stream else None
@@ -477,11 +481,22 @@ class _ErrorBody(Protocol):
     """Collects an upstream error answer, masks our keys in it, then relays it."""
 
     limit = 1024 * 1024
+    transport: Any
 
     def __init__(self, ex: Exchange, bridge: Bridge, code: int):
         self.ex, self.bridge, self.code = ex, bridge, code
         self.chunks: list[bytes] = []
         self.size = 0
+        self.timer: Any = None
+
+    def connectionMade(self) -> None:
+        # The stall timeout holds here too: an error body that never ends
+        # must not hold the client and an upstream connection for ever.
+        self.timer = self.bridge.clock.callLater(self.bridge.timeout, self.stop)
+
+    def stop(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
         if self.size <= self.limit:
@@ -489,6 +504,8 @@ class _ErrorBody(Protocol):
             self.size += len(data)
 
     def connectionLost(self, reason: Any = None) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
         ex, request = self.ex, self.ex.request
         body = b"".join(self.chunks)
         text = body.decode("utf-8", "replace")
