@@ -70,6 +70,7 @@ class RecordingConfig:
     spool_path: str = "bridgeproxy-spool.jsonl"
     max_prompt_chars: int = 4096
     retention_days: int = 0
+    ask_stream_usage: bool = False
 
 
 @dataclass(frozen=True)
@@ -310,7 +311,7 @@ def parse(data: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None,
     rec_t = _table(data, "recording")
     _check_keys("recording", rec_t, {
         "enabled", "batch_size", "flush_interval", "queue_max", "spool_path",
-        "max_prompt_chars", "retention_days"})
+        "max_prompt_chars", "retention_days", "ask_stream_usage"})
     r = RecordingConfig()
     recording = RecordingConfig(
         enabled=_typed("recording", rec_t, "enabled", bool, r.enabled),
@@ -322,6 +323,7 @@ def parse(data: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None,
         max_prompt_chars=int(_positive("recording", "max_prompt_chars",
                                        _typed("recording", rec_t, "max_prompt_chars", int, r.max_prompt_chars))),
         retention_days=_typed("recording", rec_t, "retention_days", int, r.retention_days),
+        ask_stream_usage=_typed("recording", rec_t, "ask_stream_usage", bool, r.ask_stream_usage),
     )
     if recording.retention_days < 0:
         raise ConfigError("recording.retention_days must be 0 (keep forever) or more")

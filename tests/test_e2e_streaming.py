@@ -236,3 +236,43 @@ def test_upstream_connections_are_kept_alive(tmp_path, agent, captured_log):
         assert len(ports) == 1
     finally:
         yield running.stop()
+
+
+CHAT_USAGE_STREAM = [
+    b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n',
+    b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+    b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2}}\n\n',
+    b"data: [DONE]\n\n",
+]
+
+
+@pytest_twisted.inlineCallbacks
+def test_ask_stream_usage(tmp_path, agent, captured_log):
+    """With ask_stream_usage, a chat stream without include_usage is asked for usage, and its tokens are recorded."""
+    running = yield fakes.start_bridge(tmp_path, {"recording": {"ask_stream_usage": True}})
+    running.upstream.handler = fakes.sse_answer(CHAT_USAGE_STREAM)
+    try:
+        token = running.create_key("alice")
+        collector = Collector()
+        yield open_stream(agent, running.url + "/openai/v1/chat/completions", STREAM_CHAT,
+                          {"Authorization": f"Bearer {token}"}, collector)
+        yield collector.done
+        sent = running.upstream.requests[0].json()
+        assert sent == {**STREAM_CHAT, "stream_options": {"include_usage": True}}
+        yield running.flush()
+        row = running.rows()[0]
+        assert (row["input_tokens"], row["output_tokens"]) == (9, 2)
+    finally:
+        yield running.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_stream_body_untouched_by_default(bridge, agent):
+    """By default a streamed chat request reaches the provider byte for byte."""
+    token = bridge.create_key("alice")
+    bridge.upstream.handler = fakes.sse_answer(CHAT_USAGE_STREAM)
+    collector = Collector()
+    yield open_stream(agent, bridge.url + "/openai/v1/chat/completions", STREAM_CHAT,
+                      {"Authorization": f"Bearer {token}"}, collector)
+    yield collector.done
+    assert bridge.upstream.requests[0].body == json.dumps(STREAM_CHAT).encode()

@@ -183,6 +183,19 @@ class OpenAIProvider:
             return b"event: error\ndata: " + dumps(event) + b"\n\n"
         return b"data: " + dumps(error) + b"\n\ndata: [DONE]\n\n"
 
+    def ask_stream_usage(self, route: str, body: dict) -> Optional[dict]:
+        """
+        A chat completions stream reports usage only when asked
+        (C{stream_options.include_usage}); the body that asks, or L{None}
+        when it already does or is not such a stream.
+        """
+        if route != "chat.completions" or body.get("stream") is not True:
+            return None
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            return None
+        return {**body, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}
+
     def usage_parser(self, route: str, streamed: bool) -> UsageParser:
         if route == "responses":
             return ResponsesParser(streamed)

@@ -206,6 +206,11 @@ class Bridge:
                 raise BadRequest("The request body must be a JSON object.")
             ex.parsed = parsed
             ex.streamed = parsed.get("stream") is True
+            if self.config.recording.ask_stream_usage and ex.streamed:
+                ask = getattr(entry.provider, "ask_stream_usage", None)
+                rewritten = ask(route, parsed) if ask is not None else None
+                if rewritten is not None:
+                    ex.body = json.dumps(rewritten, separators=(",", ":")).encode("utf-8")
         ex.route = route
 
     def _resolve(self, ex: Exchange, start: int, initiator: Optional[Initiator]) -> Any:
