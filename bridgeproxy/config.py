@@ -89,6 +89,7 @@ class Config:
     max_body_bytes: int = 32 * 1024 * 1024
     shutdown_grace_seconds: float = 30.0
     access_log: bool = False
+    log_interceptions: bool = True
     metrics_listen: Optional[str] = None
     workers: int = 1
     identity_backend: str = "keystore"
@@ -245,7 +246,7 @@ def _providers(data: Mapping[str, Any], environ: Mapping[str, str], base_dir: st
 # -- the whole file ------------------------------------------------------------
 
 _TOP = {
-    "listen", "database", "max_body_bytes", "shutdown_grace_seconds", "access_log", "metrics_listen", "workers",
+    "listen", "database", "max_body_bytes", "shutdown_grace_seconds", "access_log", "log_interceptions", "metrics_listen", "workers",
     "identity_backend",
     "providers", "auth", "limits", "initiator", "clients", "upstream", "recording", "plugins",
 }
@@ -357,6 +358,7 @@ def parse(data: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None,
         max_body_bytes=max_body,
         shutdown_grace_seconds=_typed("", data, "shutdown_grace_seconds", float, Config.shutdown_grace_seconds),
         access_log=_typed("", data, "access_log", bool, False),
+        log_interceptions=_typed("", data, "log_interceptions", bool, True),
         metrics_listen=_typed("", data, "metrics_listen", str, None) or None,
         workers=int(_positive("", "workers", _typed("", data, "workers", int, 1))),
         identity_backend=_typed("", data, "identity_backend", str, "keystore"),

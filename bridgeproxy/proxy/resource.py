@@ -425,6 +425,11 @@ class Bridge:
         )
         self.metrics.interception(record)
         self.recorder.record(record)
+        if self.config.log_interceptions:
+            self._log_line(record)
+        self._close(ex)
+
+    def _log_line(self, record: Interception) -> None:
         self.log.info(
             "interception {id} initiator={initiator} client={client} provider={provider} route={route} "
             "model={model} status={status} upstream_status={upstream_status} tokens_in={tokens_in} "
@@ -433,7 +438,6 @@ class Bridge:
             provider=record.provider, route=record.route, model=record.model, status=record.status,
             upstream_status=record.upstream_status, tokens_in=record.input_tokens,
             tokens_out=record.output_tokens, duration_ms=record.duration_ms)
-        self._close(ex)
 
     def _close(self, ex: Exchange) -> None:
         self.in_flight.discard(ex)
