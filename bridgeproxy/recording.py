@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import asdict
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 
 from bridgeproxy.config import RecordingConfig
@@ -130,6 +130,17 @@ class Recorder:
 
         d.addCallbacks(done, failed)
         return d
+
+    @inlineCallbacks
+    def flush_all(self):
+        """
+        Write everything queued now, including a batch already on its way;
+        stops early when the store fails (the timer retries later).
+        """
+        while self._flushing is not None or self.queue:
+            yield self.flush()
+            if self._backoff:
+                break
 
     def stop(self) -> Deferred:
         """Flush what can be flushed; spool the rest to the local file."""

@@ -192,8 +192,7 @@ class Running:
             d = defer.Deferred()
             reactor.callLater(0.02, d.callback, None)
             yield d
-        while self.app.recorder.queue:
-            yield self.app.recorder.flush()
+        yield self.app.recorder.flush_all()
 
     @defer.inlineCallbacks
     def stop(self):
