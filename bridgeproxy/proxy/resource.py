@@ -463,6 +463,8 @@ class Bridge:
                 if ex.relay is not None:
                     ex.relay.client_gone()
                     ex.request.loseConnection()
+                elif ex.error_body is not None:
+                    ex.error_body.stop()
                 elif ex.pending is not None:
                     ex.pending.cancel()
                 self._close(ex)
