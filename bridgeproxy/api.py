@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from bridgeproxy.auth import extract_credential
 from bridgeproxy.config import parse_since
@@ -71,24 +73,21 @@ def serve_metrics(request: Any, metrics: Any) -> None:
     request.finish()
 
 
-class MetricsResource:
+class MetricsResource(Resource):
     """A tiny resource serving only C{/metrics} (the separate C{metrics_listen})."""
 
     isLeaf = True
 
     def __init__(self, metrics: Any):
+        super().__init__()
         self.metrics = metrics
 
     def render(self, request: Any) -> Any:
-        from twisted.web.server import NOT_DONE_YET
         if request.path != b"/metrics":
             write_error(request, None, NotFound("Only /metrics is served here."))
         else:
             serve_metrics(request, self.metrics)
         return NOT_DONE_YET
-
-    def getChildWithDefault(self, name: bytes, request: Any) -> Any:
-        return self
 
 
 class BridgeAPI:

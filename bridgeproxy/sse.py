@@ -75,9 +75,3 @@ class SSEParser:
                 self._data.append(value)
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
-
-    def close(self) -> list[tuple[Optional[str], str]]:
-        """End of stream: an event not terminated by a blank line is dropped, per the SSE rules."""
-        self._partial = b""
-        self._data = []
-        return []

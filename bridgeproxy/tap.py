@@ -142,11 +142,10 @@ class BridgeService(service.MultiService):
     C{shutdown_grace_seconds}), flush the recording queue, close the store.
     """
 
-    def __init__(self, app: App, listener: Optional[service.IService] = None, clock: Any = None):
+    def __init__(self, app: App, listener: Optional[service.IService] = None):
         super().__init__()
         self.app = app
         self.listener = listener
-        self.clock = clock
         if listener is not None:
             listener.setServiceParent(self)
 
@@ -177,10 +176,6 @@ class BridgeService(service.MultiService):
                 yield child.stopService()
 
 
-#: Kept for tests and embedders that start the store without a listener.
-StoreService = BridgeService
-
-
 def _safe_url(url: str) -> str:
     """A database URL without its password."""
     if "@" in url and "://" in url:
@@ -207,7 +202,7 @@ def makeService(options: Options) -> service.IService:
         listener = strports.service(config.listen, app.site)
     except (ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"bridgeproxy: listen: not a usable endpoint {config.listen!r} ({e})") from None
-    top = BridgeService(app, listener, reactor)
+    top = BridgeService(app, listener)
     if config.metrics_listen:
         from twisted.web.server import Site
 

@@ -172,7 +172,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         config = override(config, recording=recording)
     interface, port, backlog = tcp_address(args.listen)
     app = build(config, reactor)
-    top = BridgeService(app, AdoptedPort(reactor, reuseport_socket(interface, port, backlog), app.site), reactor)
+    top = BridgeService(app, AdoptedPort(reactor, reuseport_socket(interface, port, backlog), app.site))
     top.startService()
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     log.info("Worker {index} (pid {pid}) serving on {listen}", index=args.index, pid=os.getpid(), listen=args.listen)

@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from bridgeproxy.config import parse
 from bridgeproxy.store import Database
-from bridgeproxy.tap import App, StoreService, build
+from bridgeproxy.tap import App, BridgeService, build
 
 OPENAI_KEY = "sk-central-openai-KEY-0123456789abcdef"
 ANTHROPIC_KEY = "sk-ant-central-KEY-0123456789abcdef"
@@ -230,7 +230,7 @@ def start_bridge(tmp_path, extra: Optional[dict] = None, environ: Optional[dict]
     env.update(environ or {})
     config = parse(data, environ=env)
     app = build(config, reactor, plugin_package=plugin_package)
-    svc = StoreService(app)
+    svc = BridgeService(app)
     svc.startService()
     yield app.store.run(lambda db: db.version())
     port = reactor.listenTCP(0, app.site, interface="127.0.0.1")

@@ -50,3 +50,29 @@ def test_metrics_after_traffic(tmp_path, agent, captured_log):
         assert token not in text
     finally:
         yield running.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_metrics_listen_serves_only_metrics(tmp_path, agent, captured_log):
+    """With metrics_listen, /metrics is served on that listener only, and not on the main one."""
+    from bridgeproxy.tap import Options, makeService
+    from tests.test_tap import free_port, write_config
+    main_port, metrics_port = free_port(), free_port()
+    config = write_config(tmp_path, port=main_port)
+    text = open(config).read().replace('listen = "', f'metrics_listen = "tcp:{metrics_port}:interface=127.0.0.1"\nlisten = "', 1)
+    open(config, "w").write(text)
+    options = Options()
+    options.parseOptions(["--config", config])
+    top = makeService(options)
+    top.startService()
+    try:
+        response, body = yield call(agent, "GET", f"http://127.0.0.1:{metrics_port}/metrics")
+        assert response.code == 200 and b"bridgeproxy_requests_total" in body
+        response, _ = yield call(agent, "GET", f"http://127.0.0.1:{metrics_port}/healthz")
+        assert response.code == 404
+        response, _ = yield call(agent, "GET", f"http://127.0.0.1:{main_port}/metrics")
+        assert response.code == 404
+        response, _ = yield call(agent, "GET", f"http://127.0.0.1:{main_port}/healthz")
+        assert response.code == 200
+    finally:
+        yield top.stopService()

@@ -18,7 +18,7 @@ from twisted.web.client import (
     Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone, _StandardEndpointFactory,
 )
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from bridgeproxy.config import UpstreamConfig
@@ -238,4 +238,4 @@ class Relay(Protocol):
         self.transport.stopProducing()
 
 
-__all__ = ["BytesProducer", "Relay", "make_agent", "UNKNOWN_LENGTH"]
+__all__ = ["BytesProducer", "Relay", "make_agent"]

@@ -18,6 +18,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -30,7 +31,7 @@ from bridgeproxy.errors import (
 )
 from bridgeproxy.metrics import Metrics
 from bridgeproxy.proxy.errors import write_error
-from bridgeproxy.proxy.forward import COMPLETE, UNKNOWN_LENGTH, BytesProducer, Relay
+from bridgeproxy.proxy.forward import COMPLETE, BytesProducer, Relay
 from bridgeproxy.proxy.headers import (
     add_actor_headers, add_forwarded, apply_credential, copy_response_headers, upstream_headers,
 )
@@ -178,8 +179,7 @@ class Bridge:
         name, _, rest = path[1:].partition(b"/")
         entry = self.providers.get(name)
         if entry is None:
-            raise NotFound(f"Unknown route: {request.method.decode('latin-1', 'replace')} "
-                           f"{_printable(request.path)}")
+            raise _unknown_route(request)
         ex.entry = entry
         ex.subpath = b"/" + rest if rest or path.endswith(b"/") else b""
         if request.requestHeaders.hasHeader(b"upgrade"):
@@ -192,8 +192,7 @@ class Bridge:
             return
         route = entry.provider.route(ex.subpath)
         if route is None:
-            raise NotFound(f"Unknown route: {request.method.decode('latin-1', 'replace')} "
-                           f"{_printable(request.path)}")
+            raise _unknown_route(request)
         if getattr(request, "too_large", False):
             raise PayloadTooLarge(f"Request body is larger than {self.config.max_body_bytes} bytes.")
         ex.body = request.content.read() if request.content is not None else b""
@@ -471,6 +470,10 @@ class Bridge:
         timer = self.clock.callLater(grace, expired)
         d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
         return d
+
+
+def _unknown_route(request: Any) -> NotFound:
+    return NotFound(f"Unknown route: {request.method.decode('latin-1', 'replace')} {_printable(request.path)}")
 
 
 def _printable(path: bytes) -> str:
