@@ -44,6 +44,8 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-twisted>=1.14",
+            "pytest-timeout>=2.2",
+            "hypothesis>=6.100",
             "openai>=1.40",
             "anthropic>=0.34",
         ],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tomllib
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional
 
 from bridgeproxy.errors import ConfigError
@@ -153,6 +153,23 @@ def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"[{key}] must be a table")
     return value
+
+
+def _beside(path: str, base_dir: str) -> str:
+    """C{path}, relative to C{base_dir} unless it is absolute (or empty)."""
+    if not path or os.path.isabs(path):
+        return path
+    return os.path.join(base_dir, path)
+
+
+def _sqlite_beside(url: str, base_dir: str) -> str:
+    """A C{sqlite:} URL whose relative path is taken relative to C{base_dir}."""
+    if not url.startswith("sqlite:"):
+        return url
+    path = url[len("sqlite:"):]
+    if path in ("", ":memory:"):
+        return url
+    return "sqlite:" + _beside(path, base_dir)
 
 
 def _ca_file(path: Optional[str], base_dir: str) -> Optional[str]:
@@ -351,6 +368,11 @@ def parse(data: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None,
         raise ConfigError(
             f"database must be 'sqlite:PATH' or 'postgresql://...', got {database.split(':', 1)[0]!r}..."
         )
+    if source_path is not None:
+        # A file's relative paths mean the same whoever reads it (twistd,
+        # the CLI) from whatever directory.
+        database = _sqlite_beside(database, base_dir)
+        recording = replace(recording, spool_path=_beside(recording.spool_path, base_dir))
 
     return Config(
         listen=_typed("", data, "listen", str, DEFAULT_LISTEN),
@@ -392,7 +414,5 @@ def load(path: str, environ: Optional[Mapping[str, str]] = None) -> Config:
 
 def override(config: Config, **changes: Any) -> Config:
     """A copy of C{config} with top-level C{changes} (used by command-line options)."""
-    from dataclasses import replace
-
     return replace(config, **changes)
 

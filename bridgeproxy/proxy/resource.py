@@ -107,26 +107,40 @@ class Bridge:
     def __init__(self, config: Config, *, providers: Mapping[str, ProviderEntry],
                  extractors: Sequence[Any], resolvers: Sequence[Any], detectors: Sequence[Any],
                  agent: Any, clock: Any, recorder: Any, metrics: Optional[Metrics] = None):
+        self.agent = agent
+        self.clock = clock
+        self.recorder = recorder
+        self.metrics = metrics if metrics is not None else Metrics()
+        #: The bridge's own endpoints (L{bridgeproxy.api.BridgeAPI}), if any.
+        self.api: Any = None
+        #: Requests being served, for the shutdown drain and the limits.
+        self.in_flight: set[Exchange] = set()
+        self._drained: list[Deferred] = []
+        self.rate: Optional[TokenBuckets] = None
+        self.reconfigure(config, providers=providers, extractors=extractors, resolvers=resolvers,
+                         detectors=detectors)
+
+    def reconfigure(self, config: Config, *, providers: Mapping[str, ProviderEntry],
+                    extractors: Sequence[Any], resolvers: Sequence[Any], detectors: Sequence[Any]) -> None:
+        """
+        Serve new requests with a new configuration and chains (a reload).
+
+        Requests in flight finish with what they started with; the rate
+        limiter keeps its buckets unless the limits changed.
+        """
+        old = getattr(self, "config", None)
         self.config = config
         self.providers = {name.encode("ascii"): entry for name, entry in providers.items()}
         self.extractors = tuple(extractors)
         self.resolvers = tuple(resolvers)
         self.detectors = tuple(detectors)
-        self.agent = agent
-        self.clock = clock
-        self.recorder = recorder
-        self.metrics = metrics if metrics is not None else Metrics()
         self.timeout = config.upstream.timeout
         self._bridge_headers = tuple(config.auth.coder_token_headers)
-        #: The bridge's own endpoints (L{bridgeproxy.api.BridgeAPI}), if any.
-        self.api: Any = None
-        #: Requests being served, for the shutdown drain and the limits.
-        self.in_flight: set[Exchange] = set()
         limits = config.limits
-        self.rate = TokenBuckets(clock, limits.per_initiator_rps,
-                                 limits.per_initiator_burst or max(1, math.ceil(limits.per_initiator_rps))) \
-            if limits.per_initiator_rps else None
-        self._drained: list[Deferred] = []
+        if old is None or old.limits != limits:
+            self.rate = TokenBuckets(self.clock, limits.per_initiator_rps,
+                                     limits.per_initiator_burst or max(1, math.ceil(limits.per_initiator_rps))) \
+                if limits.per_initiator_rps else None
 
     # -- the straight line -----------------------------------------------------------
 
