@@ -56,7 +56,7 @@ def test_metrics_after_traffic(tmp_path, agent, captured_log):
 def test_metrics_listen_serves_only_metrics(tmp_path, agent, captured_log):
     """With metrics_listen, /metrics is served on that listener only, and not on the main one."""
     from bridgeproxy.tap import Options, makeService
-    from tests.test_tap import free_port, write_config
+    from tests.procs import free_port, write_config
     main_port, metrics_port = free_port(), free_port()
     config = write_config(tmp_path, port=main_port)
     text = open(config).read().replace('listen = "', f'metrics_listen = "tcp:{metrics_port}:interface=127.0.0.1"\nlisten = "', 1)

@@ -13,7 +13,7 @@ from twisted.internet import threads
 
 from tests import fakes
 from tests.http import call
-from tests.test_tap import spawn_twistd, start_upstream_and_key, wait_for_port
+from tests.procs import spawn_twistd, start_upstream_and_key, wait_for_port
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -5,13 +5,8 @@ The command line and twistd glue, as a user runs them: `bridgeproxy keys`,
 
 import io
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -23,28 +18,8 @@ from bridgeproxy.store import Database
 from bridgeproxy.tap import Options
 from tests import fakes
 from tests.http import call
+from tests.procs import ROOT, TWISTD, spawn_twistd, start_upstream_and_key, wait_for_port, write_config
 
-ROOT = Path(__file__).resolve().parent.parent
-TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
-
-
-def write_config(tmp_path, upstream_url="http://127.0.0.1:9", port=0, extra=""):
-    path = tmp_path / "bridge.toml"
-    path.write_text(f"""
-listen = "tcp:{port}:interface=127.0.0.1"
-database = "sqlite:{tmp_path / 'bridge.db'}"
-[providers.openai]
-base_url = "{upstream_url}/v1"
-key_env = "T_OPENAI_KEY"
-[providers.anthropic]
-base_url = "{upstream_url}"
-key_env = "T_ANTHROPIC_KEY"
-[recording]
-spool_path = "{tmp_path / 'spool.jsonl'}"
-flush_interval = 0.05
-{extra}
-""")
-    return str(path)
 
 
 def test_keys_create_prints_only_the_token(tmp_path, capsys):
@@ -96,43 +71,6 @@ def test_twistd_lists_the_plugin():
     result = subprocess.run(TWISTD + ["--help"], capture_output=True, text=True,
                             cwd=ROOT, timeout=60)
     assert "bridgeproxy" in result.stdout
-
-
-def spawn_twistd(config: str, args: list, **popen) -> subprocess.Popen:
-    """`twistd -n --pidfile= [args...]` with the test provider keys in the environment."""
-    env = dict(os.environ, T_OPENAI_KEY=fakes.OPENAI_KEY, T_ANTHROPIC_KEY=fakes.ANTHROPIC_KEY)
-    return subprocess.Popen(TWISTD + ["-n", "--pidfile="] + args, cwd=ROOT, env=env, **popen)
-
-
-def start_upstream_and_key(tmp_path, answer):
-    """A fake upstream answering C{answer}, a config for a bridge on a free port, a key: (port, up_port, upstream, config, token)."""
-    upstream = fakes.FakeUpstream()
-    upstream.handler = answer
-    up_port = reactor.listenTCP(0, server.Site(upstream), interface="127.0.0.1")
-    port = free_port()
-    config = write_config(tmp_path, f"http://127.0.0.1:{up_port.getHost().port}", port)
-    out = io.StringIO()
-    cli.main(["keys", "create", "--config", config, "--username", "alice"], out)
-    return port, up_port, upstream, config, out.getvalue().strip()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError("twistd exited early")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("twistd did not start listening")
 
 
 @pytest_twisted.inlineCallbacks

@@ -15,7 +15,7 @@ import pytest
 
 from bridgeproxy import cli
 from tests import fakes
-from tests.test_tap import ROOT, TWISTD, free_port, wait_for_port, write_config
+from tests.procs import ROOT, TWISTD, free_port, wait_for_port, write_config
 
 
 def healthz_pids(port, tries):
