@@ -1,28 +1,118 @@
 # -*- test-case-name: tests.test_cli -*-
 """
-The C{bridgeproxy} command: keys, users, the database, and what was recorded.
+The bridgeproxy command: keys, users, the database, and what was recorded.
+
+Exit statuses: 0 when the command did its work; 1 when it could not (the
+configuration file cannot be read or is invalid, the store cannot be
+opened or refused the operation, no such key or user); 2 when the command
+line itself is wrong (unknown option, missing or invalid argument).  Every
+error is one line on stderr starting C{bridgeproxy: }; see C{docs/cli.md}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import sqlite3
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Any, Optional, Sequence
+from typing import Any, NoReturn, Optional, Sequence
+from urllib.parse import parse_qsl, unquote, urlsplit
 
+from bridgeproxy import __version__
 from bridgeproxy.config import Config, is_uuid4, load, parse, parse_since
 from bridgeproxy.errors import ConfigError
 from bridgeproxy.store import Database, StoreError
 
+#: The longest expiry C{keys create --expires-days} accepts (about 100 years).
+MAX_EXPIRES_DAYS = 36500
+
+
+class CommandLineError(SystemExit):
+    """
+    The command line is wrong: exit status 2.  The one-line message has
+    already been written to stderr; C{str()} gives it back (for callers
+    running L{main} in-process).
+    """
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        words = self.prog.split(None, 1)
+        where = f"{words[1]}: " if len(words) > 1 else ""
+        line = f"bridgeproxy: {where}{_one_line(message)} (see '{self.prog} --help')"
+        sys.stderr.write(line + "\n")
+        raise CommandLineError(line)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def safe_url(url: str) -> str:
+    """C{url} with any password (in the user part or a C{password=} parameter) replaced by C{***}."""
+    url = re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@]*?):[^/?#@]*@", r"\1:***@", url)
+    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
+
+
+def _passwords(url: str) -> list[str]:
+    """Every form of the passwords in C{url}, longest first, for scrubbing messages."""
+    found = []
+    match = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@]*?:([^/?#@]*)@", url)
+    if match and match.group(1):
+        found.append(match.group(1))
+    try:
+        query = urlsplit(url).query
+    except ValueError:
+        query = url.partition("?")[2]
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name.lower() == "password" and value:
+            found.append(value)
+    for value in re.findall(r"(?i)[?&]password=([^&#]*)", url):
+        if value:
+            found.append(value)
+    forms = {form for p in found for form in (p, unquote(p))}
+    return sorted((f for f in forms if f), key=len, reverse=True)
+
+
+def _scrub(message: str, url: Optional[str]) -> str:
+    """C{message} on one line, with C{url} masked and its passwords removed."""
+    if url:
+        message = message.replace(url, safe_url(url))
+        for secret in _passwords(url):
+            message = message.replace(secret, "***")
+    return _one_line(message)
+
 
 def _config(path: Optional[str]) -> Config:
-    return load(path) if path else parse({})
+    if not path:
+        return parse({})
+    try:
+        return load(path)
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read configuration {path!r}: not UTF-8 text") from None
+
+
+def _open(args: argparse.Namespace) -> Database:
+    """The store the configuration names (recorded on C{args} for error messages)."""
+    url = _config(args.config).database
+    args.database_url = url
+    return Database(url)
 
 
 def _db(args: argparse.Namespace) -> Database:
-    db = Database(_config(args.config).database)
+    db = _open(args)
     db.migrate()
     return db
 
@@ -33,11 +123,9 @@ def _when(ts: Optional[float]) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _since(value: Optional[str]) -> Optional[float]:
-    try:
-        return parse_since(value)
-    except ValueError:
-        raise SystemExit(f"--since: not an ISO date or time: {value!r}") from None
+def _iso(ts: Optional[float]) -> Optional[str]:
+    """A stored time as ISO 8601 UTC (whole seconds, C{Z}), or L{None}."""
+    return None if ts is None else _when(ts)
 
 
 def _table(rows: list[dict[str, Any]], columns: Sequence[str], out: Any) -> None:
@@ -48,12 +136,66 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str], out: Any) -> None
         out.write("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() + "\n")
 
 
+def _json(rows: Any, out: Any) -> None:
+    out.write(json.dumps(rows, indent=2) + "\n")
+
+
+# -- argument types (their errors become one-line usage errors) ------------------
+
+
+def _expires_days(value: str) -> int:
+    if not re.fullmatch(r"\s*[0-9]+\s*", value):
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of days from 1 to {MAX_EXPIRES_DAYS}, got {value!r}")
+    days = int(value)
+    if not 1 <= days <= MAX_EXPIRES_DAYS:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of days from 1 to {MAX_EXPIRES_DAYS}, got {value!r}")
+    return days
+
+
+def _username(value: str) -> str:
+    name = value.strip()
+    if not name:
+        raise argparse.ArgumentTypeError("must not be empty or only whitespace")
+    if not name.isprintable():
+        raise argparse.ArgumentTypeError(f"must not contain control characters, got {name!r}")
+    return name
+
+
+def _user_ref(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty or only whitespace")
+    return value
+
+
+def _user_id(value: str) -> str:
+    if not is_uuid4(value):
+        raise argparse.ArgumentTypeError(
+            f"must be a canonical UUIDv4 (lower-case, hyphenated), got {value!r}")
+    return value
+
+
+def _positive_int(value: str) -> int:
+    if not re.fullmatch(r"\s*[0-9]+\s*", value) or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, got {value!r}")
+    return int(value)
+
+
+def _since(value: str) -> float:
+    try:
+        since = parse_since(value)
+    except ValueError:
+        since = None
+    if since is None:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {value!r}")
+    return since
+
+
 # -- commands -------------------------------------------------------------------
 
 
 def keys_create(args: argparse.Namespace, out: Any) -> int:
-    if args.user_id is not None and not is_uuid4(args.user_id):
-        raise SystemExit("--user-id must be a canonical UUIDv4")
     expires = time.time() + args.expires_days * 86400 if args.expires_days else None
     key_id, token = _db(args).create_key(args.username, args.user_id, admin=args.admin, expires_at=expires)
     sys.stderr.write(f"created key {key_id} for {args.username}; the key is shown once:\n")
@@ -61,24 +203,51 @@ def keys_create(args: argparse.Namespace, out: Any) -> int:
     return 0
 
 
+def key_state(row: dict[str, Any], now: float) -> str:
+    """
+    C{revoked}, C{expired}, C{disabled user} or C{active}, in that order of
+    precedence: a revoked key never works again, an expired key not even
+    when its user is enabled again, a disabled user's key works again once
+    the user is enabled.
+    """
+    if row["revoked_at"] is not None:
+        return "revoked"
+    if row["expires_at"] is not None and row["expires_at"] <= now:
+        return "expired"
+    if row["user_disabled"]:
+        return "disabled user"
+    return "active"
+
+
 def keys_list(args: argparse.Namespace, out: Any) -> int:
+    now = time.time()
     rows = _db(args).list_keys()
+    if args.json:
+        _json([{
+            "key_id": row["key_id"],
+            "username": row["username"],
+            "user_id": row["user_id"],
+            "hint": row["hint"],
+            "state": key_state(row, now),
+            "admin": bool(row["admin"]),
+            "user_disabled": bool(row["user_disabled"]),
+            "created_at": _iso(row["created_at"]),
+            "expires_at": _iso(row["expires_at"]),
+            "revoked_at": _iso(row["revoked_at"]),
+        } for row in rows], out)
+        return 0
     for row in rows:
+        row["state"] = key_state(row, now)
         row["created_at"] = _when(row["created_at"])
         row["expires_at"] = _when(row["expires_at"])
-        row["state"] = ("revoked" if row["revoked_at"] else
-                        "disabled user" if row["user_disabled"] else "active")
         row["admin"] = "yes" if row["admin"] else "no"
-    if args.json:
-        out.write(json.dumps(rows, indent=2) + "\n")
-    else:
-        _table(rows, ("key_id", "username", "user_id", "hint", "state", "admin", "created_at", "expires_at"), out)
+    _table(rows, ("key_id", "username", "user_id", "hint", "state", "admin", "created_at", "expires_at"), out)
     return 0
 
 
 def keys_revoke(args: argparse.Namespace, out: Any) -> int:
     if not _db(args).revoke_key(args.key_id):
-        sys.stderr.write(f"no active key {args.key_id}\n")
+        sys.stderr.write(f"bridgeproxy: no active key {args.key_id}\n")
         return 1
     out.write(f"revoked {args.key_id}\n")
     return 0
@@ -87,7 +256,7 @@ def keys_revoke(args: argparse.Namespace, out: Any) -> int:
 def users_set(disabled: bool):
     def command(args: argparse.Namespace, out: Any) -> int:
         if not _db(args).set_user_disabled(args.user, disabled):
-            sys.stderr.write(f"no user {args.user}\n")
+            sys.stderr.write(f"bridgeproxy: no user {args.user}\n")
             return 1
         out.write(f"{'disabled' if disabled else 'enabled'} {args.user}\n")
         return 0
@@ -95,17 +264,33 @@ def users_set(disabled: bool):
 
 
 def db_migrate(args: argparse.Namespace, out: Any) -> int:
-    db = Database(_config(args.config).database)
+    db = _open(args)
     applied = db.migrate()
     out.write(f"schema at version {db.version()}" + (f" (applied {applied})" if applied else "") + "\n")
     return 0
 
 
+_INTEGERS = ("duration_ms", "upstream_status", "input_tokens", "output_tokens",
+             "cache_read_tokens", "cache_write_tokens")
+
+
+def _interception_json(row: dict[str, Any]) -> dict[str, Any]:
+    record = dict(row)
+    record["started_at"] = _iso(row["started_at"])
+    record["ended_at"] = _iso(row["ended_at"])
+    record["intercepted"] = bool(row["intercepted"])
+    record["streamed"] = bool(row["streamed"])
+    for name in _INTEGERS:
+        if record[name] is not None:
+            record[name] = int(record[name])
+    return record
+
+
 def interceptions_list(args: argparse.Namespace, out: Any) -> int:
     rows = _db(args).interceptions(initiator=args.initiator, client=args.client,
-                                   since=_since(args.since), limit=args.limit)
+                                   since=args.since, limit=args.limit)
     if args.json:
-        out.write(json.dumps(rows, indent=2) + "\n")
+        _json([_interception_json(row) for row in rows], out)
         return 0
     for row in rows:
         row["started"] = _when(row["started_at"])
@@ -117,9 +302,9 @@ def interceptions_list(args: argparse.Namespace, out: Any) -> int:
 
 
 def usage(args: argparse.Namespace, out: Any) -> int:
-    rows = _db(args).usage(by=args.by, since=_since(args.since))
+    rows = _db(args).usage(by=args.by, since=args.since)
     if args.json:
-        out.write(json.dumps(rows, indent=2) + "\n")
+        _json(rows, out)
     else:
         _table(rows, (args.by, "requests", "input_tokens", "output_tokens",
                       "cache_read_tokens", "cache_write_tokens"), out)
@@ -127,60 +312,121 @@ def usage(args: argparse.Namespace, out: Any) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="bridgeproxy", description=__doc__.strip().splitlines()[0])
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", "-c", help="configuration file (default: the embedded defaults)")
-    sub = top.add_subparsers(dest="command", required=True)
+    top = _Parser(prog="bridgeproxy", description=(
+        "Manage bridgeproxy's bridge keys, users and store, and read back what it recorded. "
+        "Exit status: 0 done, 1 failed (configuration, store, no such key or user), "
+        "2 bad command line."))
+    top.add_argument("--version", action="version", version=f"bridgeproxy {__version__}")
+    config_help = ("configuration file (default: the embedded defaults, whose store is "
+                   "bridgeproxy.db in the current directory); accepted before or after the command")
+    top.add_argument("--config", "-c", metavar="FILE", default=None, help=config_help)
+    common = _Parser(add_help=False)
+    # SUPPRESS: not given after the command, it leaves the one given before alone.
+    common.add_argument("--config", "-c", metavar="FILE", default=argparse.SUPPRESS, help=config_help)
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    keys = sub.add_parser("keys", help="bridge keys").add_subparsers(dest="action", required=True)
-    p = keys.add_parser("create", parents=[common], help="create a key; prints it alone on stdout")
-    p.add_argument("--username", required=True)
-    p.add_argument("--user-id", help="the user's id (a UUIDv4); generated for a new user when omitted")
+    keys = sub.add_parser("keys", help="bridge keys", description="Create, list and revoke bridge keys.")
+    keys_sub = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = keys_sub.add_parser("create", parents=[common], help="create a key; prints it alone on stdout",
+                            description="Create a bridge key for a user (created if new). The key is printed "
+                                        "once, alone on stdout; only its hash is stored.")
+    p.add_argument("--username", required=True, type=_username,
+                   help="the user's name (surrounding whitespace is dropped; must not be empty)")
+    p.add_argument("--user-id", type=_user_id,
+                   help="the user's id (a canonical UUIDv4); generated for a new user when omitted")
     p.add_argument("--admin", action="store_true", help="the user may read every interception")
-    p.add_argument("--expires-days", type=float, default=None, help="the key expires after this many days")
+    expiry = p.add_mutually_exclusive_group()
+    expiry.add_argument("--expires-days", type=_expires_days, default=None, metavar="DAYS",
+                        help=f"the key expires after this many days (a whole number, 1 to {MAX_EXPIRES_DAYS})")
+    expiry.add_argument("--no-expiry", action="store_true",
+                        help="the key never expires (the default)")
     p.set_defaults(run=keys_create)
-    p = keys.add_parser("list", parents=[common], help="list keys (hints only)")
-    p.add_argument("--json", action="store_true")
+    p = keys_sub.add_parser("list", parents=[common], help="list keys (hints only)",
+                            description="List every key with its state: active, expired, revoked "
+                                        "or disabled user. Keys are shown by hint only.")
+    p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     p.set_defaults(run=keys_list)
-    p = keys.add_parser("revoke", parents=[common], help="revoke a key by its id")
+    p = keys_sub.add_parser("revoke", parents=[common], help="revoke a key by its id",
+                            description="Revoke a key by its id (the key_id column of 'keys list').")
     p.add_argument("key_id")
     p.set_defaults(run=keys_revoke)
 
-    users = sub.add_parser("users", help="users").add_subparsers(dest="action", required=True)
+    users = sub.add_parser("users", help="users", description="Disable or enable a user's keys.")
+    users_sub = users.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name, disabled in (("disable", True), ("enable", False)):
-        p = users.add_parser(name, parents=[common], help=f"{name} a user (by username or id)")
-        p.add_argument("user")
+        p = users_sub.add_parser(name, parents=[common], help=f"{name} a user (by username or id)",
+                                 description=f"{name.capitalize()} a user, named by username or id.")
+        p.add_argument("user", type=_user_ref, help="username or user id")
         p.set_defaults(run=users_set(disabled))
 
-    db = sub.add_parser("db", help="the store").add_subparsers(dest="action", required=True)
-    p = db.add_parser("migrate", parents=[common], help="create or upgrade the schema")
+    db = sub.add_parser("db", help="the store", description="Manage the store's schema.")
+    db_sub = db.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = db_sub.add_parser("migrate", parents=[common], help="create or upgrade the schema",
+                          description="Create or upgrade the store's schema.")
     p.set_defaults(run=db_migrate)
 
-    inter = sub.add_parser("interceptions", help="recorded interceptions").add_subparsers(
-        dest="action", required=True)
-    p = inter.add_parser("list", parents=[common], help="list interceptions, newest first")
+    inter = sub.add_parser("interceptions", help="recorded interceptions",
+                           description="Read back the recorded interceptions.")
+    inter_sub = inter.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = inter_sub.add_parser("list", parents=[common], help="list interceptions, newest first",
+                             description="List recorded interceptions, newest first.")
     p.add_argument("--initiator", help="user id or username")
     p.add_argument("--client", help="client name, e.g. 'Claude Code'")
-    p.add_argument("--since", help="ISO date or time (UTC unless given)")
-    p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--since", type=_since, help="ISO 8601 date or time (UTC unless it says otherwise)")
+    p.add_argument("--limit", type=_positive_int, default=100, help="at most this many (default 100)")
+    p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     p.set_defaults(run=interceptions_list)
 
-    p = sub.add_parser("usage", parents=[common], help="token totals")
+    p = sub.add_parser("usage", parents=[common], help="token totals",
+                       description="Request counts and token totals, grouped by initiator, client or model.")
     p.add_argument("--by", choices=("initiator", "client", "model"), default="initiator")
-    p.add_argument("--since", help="ISO date or time (UTC unless given)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--since", type=_since, help="ISO 8601 date or time (UTC unless it says otherwise)")
+    p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     p.set_defaults(run=usage)
     return top
 
 
+def _store_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [sqlite3.Error]
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        pass
+    else:
+        errors.append(psycopg.Error)
+    return tuple(errors)
+
+
 def main(argv: Optional[Sequence[str]] = None, out: Any = None) -> int:
+    """
+    Run the command line C{argv}; return the exit status (0, or 1 when the
+    command failed).
+
+    As with argparse, C{--help}, C{--version} and a wrong command line end
+    in L{SystemExit} (status 0, or 2 as L{CommandLineError}) while parsing.
+    Every failure writes one line to stderr starting C{bridgeproxy: };
+    none shows a traceback or a password.
+    """
     args = parser().parse_args(argv)
+    url = None
     try:
         return args.run(args, out or sys.stdout)
     except (ConfigError, StoreError) as e:
-        sys.stderr.write(f"bridgeproxy: {e}\n")
-        return 2
+        url = getattr(args, "database_url", None)
+        message = _scrub(str(e), url)
+    except _store_errors() as e:
+        url = getattr(args, "database_url", None)
+        message = f"store {safe_url(url or '?')}: " + (_scrub(str(e), url) or type(e).__name__)
+    except KeyboardInterrupt:
+        sys.stderr.write("bridgeproxy: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as e:  # noqa: BLE001 - the promise is one line, never a traceback
+        url = getattr(args, "database_url", None)
+        message = f"unexpected {type(e).__name__}: " + _scrub(str(e), url)
+    sys.stderr.write(f"bridgeproxy: {message}\n")
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
