@@ -456,3 +456,54 @@ def test_interceptions_and_usage_json_types(store_config):
     since = json_out(["interceptions", "list", "--config", store_config, "--json",
                       "--since", "2026-05-28T20:26:41", "--limit", "5"])
     assert [r["id"] for r in since] == ["id-1"]
+
+
+# -- the README and docs/cli.md ----------------------------------------------------------
+
+
+def readme_commands() -> list[str]:
+    """The shell commands in the README's `sh` code blocks."""
+    text = (ROOT / "README.md").read_text()
+    return [line for block in re.findall(r"```sh\n(.*?)```", text, re.S) for line in block.splitlines() if line]
+
+
+def test_readme_run_command_leaves_no_pidfile():
+    """The README's install-and-run command passes twistd `--pidfile=` (no twistd.pid left in the checkout), and .gitignore lists twistd.pid."""
+    import shlex
+    runs = [c for c in readme_commands() if "twistd" in c]
+    assert len(runs) == 1
+    words = shlex.split(runs[0].split("&&")[-1])
+    assert words[0].endswith("/twistd")
+    assert "--pidfile=" in words[:words.index("bridgeproxy")]
+    assert "bash scripts/test" in readme_commands()
+    assert "twistd.pid" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_readme_stays_inside_the_repository():
+    """Every file the README names exists in this repository; nothing points outside it (no ../)."""
+    text = (ROOT / "README.md").read_text()
+    assert "../" not in text
+    named = set(re.findall(r"`((?:docs|examples|scripts|benchmarks)/[\w./-]+)", text))
+    assert "docs/cli.md" in named
+    for path in named - {"examples/bridgeproxy.db"}:  # that one is the store the run creates
+        assert (ROOT / path).exists(), path
+
+
+def test_cli_doc_covers_every_command():
+    """docs/cli.md documents every command and action, and every option of each."""
+    text = (ROOT / "docs" / "cli.md").read_text()
+    parsers = {}
+
+    def walk(p: argparse.ArgumentParser, prefix: list[str]) -> None:
+        parsers[" ".join(prefix)] = p
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, prefix + [name])
+    walk(cli.parser(), [])
+    for path, p in parsers.items():
+        if path:
+            assert f"`{path}" in text, path
+        for action in p._actions:
+            for option in action.option_strings:
+                assert f"`{option}" in text, (path, option)
