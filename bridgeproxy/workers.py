@@ -7,19 +7,21 @@ starts a new one when one dies.  Each worker binds its own C{SO_REUSEPORT}
 socket on the configured address, adopts it with C{adoptStreamPort}, and
 runs the whole bridge; the kernel spreads new connections across them.  On
 SIGTERM the supervisor passes it on and waits for every worker to drain and
-exit.
+exit.  On SIGHUP it replaces the workers one at a time with new ones that
+read the configuration file again (a rolling reload).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 from typing import Any, Optional
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
@@ -78,69 +80,188 @@ class AdoptedPort(service.Service):
         return self.port.stopListening() if self.port is not None else None
 
 
+class WorkerNotReady(Exception):
+    """A worker exited, or took too long, before it was serving."""
+
+
 class _Worker(ProcessProtocol):
     transport: Any
 
     def __init__(self, supervisor: "Supervisor", index: int):
         self.supervisor = supervisor
         self.index = index
+        #: Fires once the worker serves on its socket (it says so on fd 3).
+        self.ready: Deferred = Deferred()
         self.ended: Deferred = Deferred()
+        #: Replaced by a newer worker and told to drain: not to be restarted.
+        self.retired = False
+        self.pid: Optional[int] = None
+
+    def makeConnection(self, transport: Any) -> None:
+        self.pid = transport.pid  # kept for the log lines after it exits
+        super().makeConnection(transport)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == READY_FD and b"ready" in data and not self.ready.called:
+            self.ready.callback(self)
 
     def processEnded(self, reason: Any) -> None:
+        if not self.ready.called:
+            self.ready.errback(WorkerNotReady(f"it exited: {reason.getErrorMessage()}"))
         self.ended.callback(None)
         self.supervisor.ended(self, reason)
 
+    def terminate(self) -> None:
+        try:
+            self.transport.signalProcess("TERM")
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
+#: The descriptor on which a worker tells the supervisor that it serves.
+READY_FD = 3
+
 
 class Supervisor(service.Service):
-    """Keeps C{count} worker processes running."""
+    """
+    Keeps C{count} worker processes running; L{reload} (SIGHUP) replaces
+    them one by one with workers that read the configuration file again.
+    """
 
     restart_delay = 1.0
+    #: How long a new worker may take to serve before a reload gives up on it.
+    ready_timeout = 30.0
 
     def __init__(self, reactor: Any, config_path: Optional[str], count: int, listen: str,
-                 log_format: str = "text"):
+                 log_format: str = "text", overrides: Optional[dict[str, Any]] = None):
         self.reactor = reactor
         self.config_path = config_path
         self.count = count
         self.listen = listen
         self.log_format = log_format
+        self.overrides = dict(overrides or {})
         self.workers: dict[int, _Worker] = {}
+        #: Workers started by a reload and not serving yet.
+        self.starting: set[_Worker] = set()
+        #: Workers a reload replaced, draining their requests.
+        self.retiring: set[_Worker] = set()
         self.restarts = 0
+        self._reloading = False
+        self._reload_again = False
 
     def startService(self) -> None:
         super().startService()
         for index in range(self.count):
             self.spawn(index)
 
-    def spawn(self, index: int) -> None:
-        if not self.running:
-            return
+    def _start(self, index: int) -> _Worker:
         argv = [sys.executable, "-m", "bridgeproxy.workers", "--listen", self.listen, "--index", str(index),
-                "--log-format", self.log_format]
+                "--log-format", self.log_format, "--ready-fd", str(READY_FD)]
         if self.config_path:
             argv += ["--config", self.config_path]
         worker = _Worker(self, index)
-        self.workers[index] = worker
         self.reactor.spawnProcess(worker, sys.executable, argv, env=dict(os.environ),
-                                  childFDs={0: "w", 1: 1, 2: 2})
-        log.info("Started worker {index} (pid {pid})", index=index, pid=worker.transport.pid)
+                                  childFDs={0: "w", 1: 1, 2: 2, READY_FD: "r"})
+        return worker
+
+    def spawn(self, index: int) -> None:
+        if not self.running:
+            return
+        worker = self._start(index)
+        worker.ready.addErrback(lambda failure: None)  # its exit is logged by ended()
+        self.workers[index] = worker
+        log.info("Started worker {index} (pid {pid})", index=index, pid=worker.pid)
 
     def ended(self, worker: _Worker, reason: Any) -> None:
-        if self.workers.get(worker.index) is worker:
-            del self.workers[worker.index]
+        self.starting.discard(worker)
+        if worker.retired:
+            self.retiring.discard(worker)
+            log.info("Worker {index} (pid {pid}) replaced by a reload has exited", index=worker.index,
+                     pid=worker.pid)
+            return
+        if self.workers.get(worker.index) is not worker:
+            return  # a reload's new worker that never served; the reload logs it
+        del self.workers[worker.index]
         if self.running:
             self.restarts += 1
             log.warn("Worker {index} exited ({reason}); restarting it", index=worker.index,
                      reason=reason.getErrorMessage())
             self.reactor.callLater(self.restart_delay, self.spawn, worker.index)
 
+    # -- reload ----------------------------------------------------------------
+
+    def reload(self) -> None:
+        """
+        Check the configuration file; if it is valid, replace the workers one
+        at a time: start the new one, wait until it serves, then SIGTERM the
+        old one (which drains its requests in flight).  A file that is not
+        valid changes nothing; the error is logged.
+        """
+        if not self.running:
+            return
+        if self._reloading:
+            self._reload_again = True
+            log.info("Reload already under way; another follows it")
+            return
+        from bridgeproxy.tap import check, read_config
+        try:
+            config = read_config(self.config_path, self.overrides)
+            check(config, self.reactor)
+        except ConfigError as e:
+            log.error("Reload failed, workers keep the previous configuration: {error}", error=str(e))
+            return
+        ignored = [name for name, now, then in (("listen", self.listen, config.listen),
+                                                ("workers", self.count, config.workers)) if now != then]
+        if ignored:
+            log.warn("Reload: {settings} changed but take a restart; ignored", settings=", ".join(ignored))
+        self._reloading = True
+        d = self._replace_all()
+
+        def done(_: Any) -> None:
+            self._reloading = False
+            if self._reload_again:
+                self._reload_again = False
+                self.reload()
+        d.addBoth(done)
+
+    @inlineCallbacks
+    def _replace_all(self) -> Any:
+        for index in range(self.count):
+            if not self.running:
+                return
+            new = self._start(index)
+            self.starting.add(new)
+            log.info("Reload: started worker {index} (pid {pid}) to replace pid {old}", index=index,
+                     pid=new.pid, old=self.workers[index].pid if index in self.workers else None)
+            try:
+                yield new.ready.addTimeout(self.ready_timeout, self.reactor)
+            except Exception as e:  # noqa: BLE001 - exited, or timed out
+                self.starting.discard(new)
+                new.terminate()
+                reason = str(e) if isinstance(e, WorkerNotReady) else f"not serving after {self.ready_timeout:g}s"
+                log.error("Reload stopped: the new worker {index} did not start ({reason}); the running "
+                          "workers are kept", index=index, reason=reason)
+                return
+            self.starting.discard(new)
+            if not self.running:
+                new.terminate()
+                return
+            old = self.workers.get(index)
+            self.workers[index] = new
+            if old is not None:
+                old.retired = True
+                self.retiring.add(old)
+                old.terminate()
+        log.info("Reloaded configuration from {path}: {count} workers replaced",
+                 path=self.config_path or "(defaults)", count=self.count)
+
     def stopService(self) -> Deferred:
         super().stopService()
         waiting = []
-        for worker in list(self.workers.values()):
-            try:
-                worker.transport.signalProcess("TERM")
-            except Exception:  # noqa: BLE001 - already gone
+        for worker in [*self.workers.values(), *self.starting, *self.retiring]:
+            if worker.ended.called:
                 continue
+            worker.terminate()
             waiting.append(worker.ended)
         return DeferredList(waiting) if waiting else succeed(None)
 
@@ -152,7 +273,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--listen", required=True)
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--log-format", choices=("json", "text"), default="text")
+    parser.add_argument("--ready-fd", type=int, default=None,
+                        help="descriptor to write 'ready' to once serving (the supervisor's pipe)")
     args = parser.parse_args(argv)
+    # The supervisor handles SIGHUP (by replacing the workers); one sent to
+    # the whole process group must not stop a worker.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner
@@ -163,19 +289,35 @@ def main(argv: Optional[list[str]] = None) -> None:
     from bridgeproxy.tap import BridgeService, build
 
     globalLogBeginner.beginLoggingTo([observer(args.log_format)], redirectStandardIO=False)
-    config = load(args.config) if args.config else parse({})
-    config = override(config, listen=args.listen)
-    if config.recording.spool_path:
-        # Each worker spools to a file of its own.
-        recording = config.recording.__class__(**{**config.recording.__dict__,
-                                                 "spool_path": f"{config.recording.spool_path}.{args.index}"})
-        config = override(config, recording=recording)
-    interface, port, backlog = tcp_address(args.listen)
-    app = build(config, reactor)
-    top = BridgeService(app, AdoptedPort(reactor, reuseport_socket(interface, port, backlog), app.site))
+    try:
+        config = load(args.config) if args.config else parse({})
+        config = override(config, listen=args.listen)
+        if config.recording.spool_path:
+            # Each worker spools to a file of its own.
+            recording = config.recording.__class__(**{**config.recording.__dict__,
+                                                     "spool_path": f"{config.recording.spool_path}.{args.index}"})
+            config = override(config, recording=recording)
+        interface, port, backlog = tcp_address(args.listen)
+        app = build(config, reactor)
+        sock = reuseport_socket(interface, port, backlog)
+    except ConfigError as e:
+        raise SystemExit(f"bridgeproxy worker {args.index}: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"bridgeproxy worker {args.index}: cannot listen on {args.listen}: {e.strerror}") from None
+    top = BridgeService(app, AdoptedPort(reactor, sock, app.site))
     top.startService()
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
-    log.info("Worker {index} (pid {pid}) serving on {listen}", index=args.index, pid=os.getpid(), listen=args.listen)
+
+    def serving() -> None:
+        log.info("Worker {index} (pid {pid}) serving on {listen}", index=args.index, pid=os.getpid(),
+                 listen=args.listen)
+        if args.ready_fd is not None:
+            try:
+                os.write(args.ready_fd, b"ready\n")
+                os.close(args.ready_fd)
+            except OSError:
+                pass  # no supervisor listening
+    reactor.callWhenRunning(serving)
     reactor.run()
 
 

@@ -80,3 +80,23 @@ def wait_for_port(port: int, proc, seconds: float = 30.0) -> None:
         except OSError:
             time.sleep(0.1)
     raise AssertionError("twistd did not start listening")
+
+
+def wait_for_log(path, text: str, proc=None, seconds: float = 30.0, count: int = 1) -> str:
+    """
+    Wait until the log file at C{path} holds C{text} (C{count} times); return
+    the whole log.  Fails if C{proc} exits first or the deadline passes.
+    """
+    deadline = time.monotonic() + seconds
+    content = ""
+    while time.monotonic() < deadline:
+        try:
+            content = Path(path).read_text()
+        except FileNotFoundError:
+            content = ""
+        if content.count(text) >= count:
+            return content
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"twistd exited before logging {text!r}:\n{content}")
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not logged within {seconds}s:\n{content}")

@@ -21,7 +21,6 @@ from tests.http import call
 from tests.procs import ROOT, TWISTD, spawn_twistd, start_upstream_and_key, wait_for_port, write_config
 
 
-
 def test_keys_create_prints_only_the_token(tmp_path, capsys):
     """`bridgeproxy keys create` prints the new token alone on stdout; only its hash is stored."""
     config = write_config(tmp_path)
