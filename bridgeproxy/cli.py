@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sqlite3
 import sys
@@ -62,14 +63,14 @@ def _one_line(text: str) -> str:
 
 def safe_url(url: str) -> str:
     """C{url} with any password (in the user part or a C{password=} parameter) replaced by C{***}."""
-    url = re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@]*?):[^/?#@]*@", r"\1:***@", url)
+    url = re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@:]*):[^/?#]*@", r"\1:***@", url)
     return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
 
 
 def _passwords(url: str) -> list[str]:
     """Every form of the passwords in C{url}, longest first, for scrubbing messages."""
     found = []
-    match = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@]*?:([^/?#@]*)@", url)
+    match = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@:]*:([^/?#]*)@", url)
     if match and match.group(1):
         found.append(match.group(1))
     try:
@@ -409,8 +410,11 @@ def main(argv: Optional[Sequence[str]] = None, out: Any = None) -> int:
     """
     args = parser().parse_args(argv)
     url = None
+    stream = out or sys.stdout
     try:
-        return args.run(args, out or sys.stdout)
+        status = args.run(args, stream)
+        stream.flush()
+        return status
     except (ConfigError, StoreError) as e:
         url = getattr(args, "database_url", None)
         message = _scrub(str(e), url)
@@ -421,6 +425,13 @@ def main(argv: Optional[Sequence[str]] = None, out: Any = None) -> int:
         sys.stderr.write("bridgeproxy: interrupted\n")
         return 130
     except BrokenPipeError:
+        # The reader went away (`... | head`): stop quietly, and keep the
+        # interpreter's final flush of stdout from complaining too.
+        if out is None:
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
         return 1
     except Exception as e:  # noqa: BLE001 - the promise is one line, never a traceback
         url = getattr(args, "database_url", None)

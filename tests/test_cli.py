@@ -175,6 +175,24 @@ def test_bad_arguments_from_a_real_process(tmp_path):
     assert list(tmp_path.iterdir()) == []  # refused before any store was opened
 
 
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
+def test_reader_going_away_is_quiet(tmp_path, unbuffered):
+    """`bridgeproxy keys list | head -0`: a reader that stops reading gets no traceback or "Exception ignored" noise."""
+    config = sqlite_config(tmp_path)
+    create_key(config, "--username", "alice")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["PYTHONPATH"] = str(ROOT)
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen([sys.executable, "-m", "bridgeproxy.cli", "keys", "list", "--config", config],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the child has even started writing
+    stderr = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 1
+    assert stderr == ""
+
+
 BAD_CONFIGS = [
     pytest.param(None, "cannot read configuration", id="missing-file"),
     pytest.param(b"database = \n", "not valid TOML", id="invalid-toml"),
