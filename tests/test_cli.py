@@ -139,6 +139,8 @@ BAD_STORES = [
                  id="postgresql-unreachable"),
     # libpq quotes the whole URL back in this message.
     pytest.param(f"postgresql://u:{PASSWORD}@[zz/x", "postgresql://u:***@[zz/x", id="postgresql-malformed"),
+    pytest.param(f"postgresql://u:{PASSWORD}@x@127.0.0.1:1/x", "postgresql://u:***@127.0.0.1:1/x",
+                 id="postgresql-at-in-password"),
     pytest.param(f"postgresql://u@127.0.0.1:1/x?password={PASSWORD}&sslmode=bogus",
                  "postgresql://u@127.0.0.1:1/x?password=***&sslmode=bogus", id="postgresql-password-parameter"),
 ]
