@@ -32,7 +32,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests", "tests.*", "benchmarks", "benchmarks.*"]) + ["twisted.plugins"],
     install_requires=[
-        "Twisted[tls]>=24.7",
+        "Twisted[tls]>=25.5",
         "treq>=24.9",
         "zope.interface>=6",
         "service-identity>=24.1",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional
 
 from bridgeproxy.errors import ConfigError
+from bridgeproxy.proxy.routing import PassthroughRule
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 DEFAULT_DATABASE = "sqlite:bridgeproxy.db"
@@ -30,6 +31,11 @@ class ProviderConfig:
     base_url: str
     key: Optional[str] = field(default=None, repr=False)
     key_source: str = ""
+    #: The passthrough allow-list (C{"METHODS /pattern"} rules); L{None}
+    #: means the provider's own default list.
+    passthrough: Optional[tuple[str, ...]] = None
+    #: Rules added to the list (the default one, or C{passthrough}).
+    passthrough_extra: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -249,15 +255,33 @@ def _providers(data: Mapping[str, Any], environ: Mapping[str, str], base_dir: st
         where = f"providers.{name}"
         if not isinstance(table, dict):
             raise ConfigError(f"[{where}] must be a table")
-        _check_keys(where, table, {"base_url", "key_env", "key_file", "key"})
+        _check_keys(where, table, {"base_url", "key_env", "key_file", "key", "passthrough", "passthrough_extra"})
         base = _typed(where, table, "base_url", str, _DEFAULT_BASES.get(name))
         if not base:
             raise ConfigError(f"{where}.base_url is required for a provider bridgeproxy has no default for")
         if not base.startswith(("http://", "https://")):
             raise ConfigError(f"{where}.base_url must start with http:// or https://, got {base!r}")
         key, source = _read_key(name, table, environ, base_dir)
-        result[name] = ProviderConfig(name=name, base_url=base.rstrip("/"), key=key, key_source=source)
+        passthrough = _rules(where, table, "passthrough")
+        extra = _rules(where, table, "passthrough_extra") or ()
+        result[name] = ProviderConfig(name=name, base_url=base.rstrip("/"), key=key, key_source=source,
+                                      passthrough=passthrough, passthrough_extra=extra)
     return result
+
+
+def _rules(where: str, table: Mapping[str, Any], key: str) -> Optional[tuple[str, ...]]:
+    """A passthrough list, each rule checked now (an empty list is allowed: nothing passes)."""
+    if key not in table:
+        return None
+    value = table[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}.{key} must be a list of 'METHODS /path/pattern' strings")
+    for rule in value:
+        try:
+            PassthroughRule.parse(rule)
+        except ConfigError as e:
+            raise ConfigError(f"{where}.{key}: {e}") from None
+    return tuple(value)
 
 
 # -- the whole file ------------------------------------------------------------

@@ -21,6 +21,8 @@ class BridgeError(Exception):
 
     status = 500
     kind = "api_error"
+    #: The interception's C{status} when this ends an authenticated request.
+    record_status = "error"
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None):
         super().__init__(message)
@@ -33,6 +35,7 @@ class BadRequest(BridgeError):
 
     status = 400
     kind = "invalid_request"
+    record_status = "refused"
 
 
 class AuthenticationFailed(BridgeError):
@@ -40,6 +43,7 @@ class AuthenticationFailed(BridgeError):
 
     status = 401
     kind = "authentication"
+    record_status = "refused"
 
     def __init__(self, message: str, *, reason: str = "invalid", **kw):
         super().__init__(message, **kw)
@@ -51,6 +55,7 @@ class PermissionDenied(BridgeError):
 
     status = 403
     kind = "permission"
+    record_status = "refused"
 
     def __init__(self, message: str, *, reason: str = "forbidden", **kw):
         super().__init__(message, **kw)
@@ -62,6 +67,7 @@ class NotFound(BridgeError):
 
     status = 404
     kind = "not_found"
+    record_status = "refused"
 
 
 class PayloadTooLarge(BridgeError):
@@ -69,6 +75,7 @@ class PayloadTooLarge(BridgeError):
 
     status = 413
     kind = "request_too_large"
+    record_status = "refused"
 
 
 class UpstreamUnavailable(BridgeError):
@@ -76,6 +83,7 @@ class UpstreamUnavailable(BridgeError):
 
     status = 502
     kind = "api_error"
+    record_status = "upstream_unreachable"
 
 
 class UpstreamTimeout(BridgeError):
@@ -83,6 +91,7 @@ class UpstreamTimeout(BridgeError):
 
     status = 504
     kind = "timeout"
+    record_status = "timeout"
 
 
 class Overloaded(BridgeError):
@@ -90,6 +99,7 @@ class Overloaded(BridgeError):
 
     status = 503
     kind = "overloaded"
+    record_status = "refused"
 
 
 class RateLimited(BridgeError):
@@ -97,6 +107,7 @@ class RateLimited(BridgeError):
 
     status = 429
     kind = "rate_limit"
+    record_status = "refused"
 
 
 class NotConfigured(BridgeError):
@@ -104,6 +115,7 @@ class NotConfigured(BridgeError):
 
     status = 503
     kind = "api_error"
+    record_status = "refused"
 
 
 class ConfigError(Exception):

@@ -155,6 +155,8 @@ class Interception:
     credential_kind: Optional[str]
     credential_hint: Optional[str]
     upstream_status: Optional[int]
+    #: The status the client got (the upstream's, relayed, or the gateway's own refusal).
+    http_status: Optional[int] = None
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0

@@ -182,7 +182,9 @@ def test_unreachable_upstream_is_502(tmp_path, agent, captured_log):
         assert response.code == 502
         assert openai_shape(body)["type"] == "server_error"
         yield running.flush()
-        assert running.rows()[0]["status"] == "upstream_error"
+        row = running.rows()[0]
+        # Nothing answered: no upstream status is made up for it.
+        assert (row["status"], row["upstream_status"], row["http_status"]) == ("upstream_unreachable", None, 502)
         assert_no_secrets(captured_log.text(), token, fakes.OPENAI_KEY)
     finally:
         yield running.stop()

@@ -7,7 +7,7 @@ models, ...) is passed through.
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any, Optional, TypeGuard
 
 from twisted.plugin import IPlugin
 from zope.interface import implementer
@@ -30,6 +30,11 @@ _ERRORS = {
 
 def anthropic_error(kind: str, message: str) -> dict:
     return {"type": "error", "error": {"type": _ERRORS.get(kind, "api_error"), "message": message}}
+
+
+def _is_tool_use(block: Any) -> TypeGuard[dict]:
+    """A content block in which the model calls a tool: C{tool_use}, C{server_tool_use}, C{mcp_tool_use}."""
+    return isinstance(block, dict) and isinstance(block.get("type"), str) and block["type"].endswith("tool_use")
 
 
 class MessagesParser(UsageParser):
@@ -56,7 +61,7 @@ class MessagesParser(UsageParser):
         if obj.get("stop_reason"):
             self.stop_reason = str(obj["stop_reason"])
         for i, block in enumerate(obj.get("content") or ()):
-            if isinstance(block, dict) and block.get("type") in ("tool_use", "server_tool_use"):
+            if _is_tool_use(block):
                 arguments = json.dumps(block.get("input", {}), separators=(",", ":"))
                 self.tool(i, block.get("id"), block.get("name"), arguments)
 
@@ -70,7 +75,7 @@ class MessagesParser(UsageParser):
                 self._usage(message.get("usage"))
         elif kind == "content_block_start":
             block = obj.get("content_block")
-            if isinstance(block, dict) and block.get("type") in ("tool_use", "server_tool_use"):
+            if _is_tool_use(block):
                 self.tool(obj.get("index"), block.get("id"), block.get("name"))
         elif kind == "content_block_delta":
             delta = obj.get("delta")
@@ -103,6 +108,14 @@ class AnthropicProvider:
     name = "anthropic"
     default_base_url = "https://api.anthropic.com"
     routes = {b"/v1/messages": "messages"}
+    #: Passed through with the gateway's key; anything else is refused.
+    passthrough = (
+        "GET /v1/models",
+        "GET /v1/models/*",
+        "POST /v1/messages/count_tokens",
+        # Claude Code's telemetry, sent to its base URL.
+        "POST /api/event_logging/batch",
+    )
 
     def route(self, subpath: bytes) -> Optional[str]:
         return route_of(self.routes, subpath)

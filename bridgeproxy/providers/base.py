@@ -154,15 +154,29 @@ class UsageParser:
 
 def route_of(routes: dict[bytes, str], subpath: bytes) -> Optional[str]:
     """
-    An intercepted route's name from C{routes}; C{""} for any other
-    C{/v1/...} path (passed through); L{None} for anything else.
+    The intercepted route's name for C{subpath} (a trailing slash ignored),
+    or L{None}: everything else is for the passthrough allow-list to decide.
     """
-    found = routes.get(subpath.rstrip(b"/"))
-    if found is not None:
-        return found
-    if subpath.startswith(b"/v1/"):
-        return ""
-    return None
+    return routes.get(subpath.rstrip(b"/"))
+
+
+def tool_arguments(item: dict, *fields: str) -> str:
+    """
+    A tool call's arguments as text: the first of C{fields} that holds a
+    string (OpenAI C{arguments}, a custom tool's raw C{input}), else what
+    the item says of the call, as JSON, without ids and without results
+    (an image generation's result is megabytes of base64).
+    """
+    for name in fields:
+        value = item.get(name)
+        if isinstance(value, str):
+            return value
+    rest = {k: v for k, v in item.items() if k not in _NOT_ARGUMENTS}
+    return json.dumps(rest, separators=(",", ":"), sort_keys=True) if rest else ""
+
+
+_NOT_ARGUMENTS = frozenset({"id", "type", "status", "call_id", "name", "output", "outputs", "result",
+                            "results", "error"})
 
 
 def dumps(obj: Any) -> bytes:

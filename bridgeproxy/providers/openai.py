@@ -12,7 +12,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from bridgeproxy.interfaces import IProvider
-from bridgeproxy.providers.base import UsageParser, as_int, dumps, get, route_of, text_of
+from bridgeproxy.providers.base import UsageParser, as_int, dumps, get, route_of, text_of, tool_arguments
 
 _ERRORS = {
     # kind: (type, code)
@@ -58,8 +58,7 @@ class ChatCompletionsParser(UsageParser):
                 self.stop_reason = str(choice["finish_reason"])
             for i, call in enumerate(get(choice, "message", "tool_calls") or ()):
                 if isinstance(call, dict):
-                    self.tool((choice.get("index", 0), i), call.get("id"),
-                              get(call, "function", "name"), get(call, "function", "arguments"))
+                    self._call((choice.get("index", 0), i), call)
 
     def uninteresting(self, event: Optional[str], payload: str) -> bool:
         # A plain content delta: no usage, tool call, finish reason or error.
@@ -82,8 +81,20 @@ class ChatCompletionsParser(UsageParser):
                 self.stop_reason = str(choice["finish_reason"])
             for call in get(choice, "delta", "tool_calls") or ():
                 if isinstance(call, dict):
-                    self.tool((choice.get("index", 0), call.get("index", 0)), call.get("id"),
-                              get(call, "function", "name"), get(call, "function", "arguments"))
+                    self._call((choice.get("index", 0), call.get("index", 0)), call)
+
+    def _call(self, key: Any, call: dict) -> None:
+        # A function tool's call has "function": {name, arguments}; a custom
+        # tool's has "custom": {name, input} (free text, not JSON).
+        function = call.get("function")
+        if isinstance(function, dict):
+            self.tool(key, call.get("id"), function.get("name"), function.get("arguments"))
+            return
+        custom = call.get("custom")
+        if isinstance(custom, dict):
+            self.tool(key, call.get("id"), custom.get("name"), custom.get("input"))
+            return
+        self.tool(key, call.get("id"), call.get("type"))
 
 
 class ResponsesParser(UsageParser):
@@ -106,10 +117,24 @@ class ResponsesParser(UsageParser):
             self._item(item)
 
     def _item(self, item: Any) -> None:
-        if isinstance(item, dict) and item.get("type") == "function_call":
-            key = item.get("call_id") or item.get("id")
-            self.tools.pop(key, None)
-            self.tool(key, item.get("call_id"), item.get("name"), item.get("arguments"))
+        """
+        Record an output item that is a call the model made: a function or
+        custom tool, or a built-in tool (web search, file search, computer,
+        code interpreter, image generation, shell, MCP, ...).  Their outputs
+        (C{*_call_output}) are the client's, not the model's.
+        """
+        if not isinstance(item, dict):
+            return
+        kind = item.get("type")
+        if not isinstance(kind, str) or not kind.endswith("_call"):
+            return
+        key = item.get("call_id") or item.get("id") or ("item", len(self.tools))
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            name = kind[:-len("_call")]
+        self.tools.pop(key, None)
+        self.tool(key, item.get("call_id") or item.get("id"), name,
+                  tool_arguments(item, "arguments", "input"))
 
     def uninteresting(self, event: Optional[str], payload: str) -> bool:
         return event is not None and event.endswith(".delta") and event != "response.function_call_arguments.delta"
@@ -156,6 +181,18 @@ class OpenAIProvider:
     name = "openai"
     default_base_url = "https://api.openai.com/v1"
     routes = {b"/v1/chat/completions": "chat.completions", b"/v1/responses": "responses"}
+    #: Passed through with the gateway's key; anything else is refused.
+    #: Fine-tuning, files, batches and the organisation's admin endpoints
+    #: are not here on purpose: the gateway's key may be an admin key.
+    passthrough = (
+        "GET /v1/models",
+        "GET /v1/models/*",
+        "* /v1/conversations",
+        "* /v1/conversations/**",
+        "GET,DELETE /v1/responses/*",
+        "GET /v1/responses/*/input_items",
+        "POST /v1/responses/*/cancel",
+    )
 
     def route(self, subpath: bytes) -> Optional[str]:
         return route_of(self.routes, subpath)

@@ -6,6 +6,7 @@ own error shape.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any, Optional
 
 from bridgeproxy.errors import BridgeError
@@ -22,10 +23,18 @@ def write_error(request: Any, provider: Optional[Any], error: BridgeError) -> No
         body = provider.error_body(error.kind, error.message)
     else:
         body = dumps(openai_error(error.kind, error.message))
-    request.setResponseCode(error.status)
+    request.setResponseCode(error.status, _phrase(error.status))
     request.responseHeaders.setRawHeaders(b"Content-Type", [b"application/json"])
     request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
     for name, value in error.headers.items():
         request.responseHeaders.setRawHeaders(name.encode("latin-1"), [value.encode("latin-1")])
     request.write(body)
     request.finish()
+
+
+def _phrase(status: int) -> bytes:
+    """The standard reason phrase (Twisted's table lacks some, such as 426's)."""
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b"Error"

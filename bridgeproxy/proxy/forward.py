@@ -96,6 +96,8 @@ def make_agent(reactor: Any, config: UpstreamConfig, tls_policy: Any = None) -> 
 
 #: How a relay ended.
 COMPLETE = "complete"
+#: The upstream's stream ended (cleanly or not) before its terminal event.
+TRUNCATED = "incomplete"
 UPSTREAM_BROKE = "upstream_broken"
 CLIENT_GONE = "client_disconnected"
 STALLED = "timeout"
@@ -113,23 +115,29 @@ class Relay(Protocol):
     sends nothing for C{timeout} seconds (while the client is reading), the
     relay ends: a stream gets C{stall_tail(kind, message)} (the provider's
     error event),
-    so the client's SDK sees an error, not a silent truncation.
+    so the client's SDK sees an error, not a silent truncation.  So does a
+    stream that ends, cleanly or not, before C{terminal()} says its terminal
+    event went by.
 
     @param on_data: called with every chunk after it is written (the
         recording tap); must be cheap.
     @param on_done: called once with how the relay ended.
+    @param terminal: whether the stream's terminal event was seen (asked at
+        the end of a stream); L{None} when nobody can tell.
     """
 
     def __init__(self, request: Any, clock: Any, timeout: float,
                  on_data: Optional[Callable[[bytes], None]],
                  on_done: Callable[[str, Optional[Failure]], None],
-                 stall_tail: Optional[Callable[[str, str], bytes]] = None):
+                 stall_tail: Optional[Callable[[str, str], bytes]] = None,
+                 terminal: Optional[Callable[[], bool]] = None):
         self.request = request
         self.clock = clock
         self.timeout = timeout
         self.on_data = on_data
         self.on_done = on_done
         self.stall_tail = stall_tail
+        self.terminal = terminal
         self.transport: Any = None  # the upstream body's producer (TransportProxyProducer)
         self.outcome: Optional[str] = None
         self.bytes_relayed = 0
@@ -163,15 +171,24 @@ class Relay(Protocol):
             self._timer.cancel()
         self._timer = None
         if self.outcome is None:
-            if reason is None or reason.check(ResponseDone, PotentialDataLoss):
+            clean = reason is None or reason.check(ResponseDone, PotentialDataLoss) is not None
+            whole = self.terminal() if self.terminal is not None else clean
+            if whole:
                 self.outcome = COMPLETE
+            elif clean:
+                self.outcome = TRUNCATED
+                self._tail("api_error", "The upstream ended the stream before the answer was complete.")
             else:
                 self.outcome = UPSTREAM_BROKE
-                if self.stall_tail is not None and not self._finished:
-                    self.request.write(self.stall_tail("api_error", "The upstream connection broke mid-stream."))
+                self._tail("api_error", "The upstream connection broke before the answer was complete.")
         self._finish()
         failure = None if self.outcome == COMPLETE else reason
         self.on_done(self.outcome, failure)
+
+    def _tail(self, kind: str, message: str) -> None:
+        """End a stream with the provider's error event, while the client is there to read it."""
+        if self.stall_tail is not None and not self._finished and self.request.channel is not None:
+            self.request.write(self.stall_tail(kind, message))
 
     def _finish(self) -> None:
         if self._finished:
@@ -199,9 +216,7 @@ class Relay(Protocol):
             self._timer = self.clock.callLater(self.timeout - idle, self._check_stall)
             return
         self.outcome = STALLED
-        if self.stall_tail is not None:
-            self.request.write(self.stall_tail(
-                "timeout", "The upstream stopped sending before the answer was complete."))
+        self._tail("timeout", "The upstream stopped sending before the answer was complete.")
         self.transport.stopProducing()
 
     # -- client side (IPushProducer) ----------------------------------------------

@@ -93,6 +93,12 @@ def apply_credential(
     if credential.source not in PROVIDER_KEY_SOURCES:
         authorization = bearer_token(single_header(request, "Authorization"))
         api_key = single_header(request, "X-Api-Key")
+        # The bridge token sent again where a provider key goes is not the
+        # client's own key: it must not be forwarded as one.
+        if authorization == credential.token:
+            authorization = None
+        if api_key == credential.token:
+            api_key = None
         if authorization or api_key:
             if not allow_byok:
                 raise PermissionDenied(
@@ -102,6 +108,29 @@ def apply_credential(
         raise NotConfigured(f"No {provider.name} key is configured on this gateway.")
     provider.set_central_key(headers, central_key)
     return "centralized", central_key
+
+
+def drop_token(headers: Headers, token: str) -> int:
+    """
+    Remove every header whose value contains the bridge C{token} (a client
+    may repeat it anywhere: a cookie, a header of its own).  The bridge
+    token never reaches an upstream.
+
+    @return: how many headers were removed.
+    """
+    needle = token.encode("latin-1", "replace")
+    found = [name for name, values in headers.getAllRawHeaders() if any(needle in v for v in values)]
+    for name in found:
+        headers.removeHeader(name)
+    return len(found)
+
+
+def drop_token_from_query(query: bytes, token: str) -> bytes:
+    """C{query} without the parameters that carry the bridge C{token}."""
+    needle = token.encode("latin-1", "replace")
+    if needle not in query:
+        return query
+    return b"&".join(part for part in query.split(b"&") if needle not in part)
 
 
 def add_actor_headers(headers: Headers, initiator: Initiator) -> None:

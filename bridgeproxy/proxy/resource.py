@@ -31,10 +31,12 @@ from bridgeproxy.errors import (
 )
 from bridgeproxy.metrics import Metrics
 from bridgeproxy.proxy.errors import write_error
-from bridgeproxy.proxy.forward import COMPLETE, BytesProducer, Relay
+from bridgeproxy.proxy.forward import COMPLETE, TRUNCATED, UPSTREAM_BROKE, BytesProducer, Relay
 from bridgeproxy.proxy.headers import (
-    add_actor_headers, add_forwarded, apply_credential, copy_response_headers, upstream_headers,
+    add_actor_headers, add_forwarded, apply_credential, copy_response_headers, drop_token, drop_token_from_query,
+    upstream_headers,
 )
+from bridgeproxy.proxy.routing import Passthrough, unsafe_path
 from bridgeproxy.types import (
     UNKNOWN_CLIENT, ClientInfo, Credential, Initiator, Interception, Usage, mask_secret,
 )
@@ -51,6 +53,7 @@ class UpgradeNotSupported(BridgeError):
 
     status = 426
     kind = "invalid_request"
+    record_status = "refused"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,12 @@ class ProviderEntry:
 
     provider: Any
     config: ProviderConfig
+
+    @property
+    def passthrough(self) -> Passthrough:
+        """The allow-list: the configured one, else the provider's own, plus the configured extras."""
+        rules = self.config.passthrough if self.config.passthrough is not None else self.provider.passthrough
+        return Passthrough.parse(tuple(rules) + tuple(self.config.passthrough_extra))
 
 
 @dataclass(eq=False)
@@ -71,6 +80,10 @@ class Exchange:
     entry: Optional[ProviderEntry] = None
     subpath: bytes = b""
     route: Optional[str] = None
+    #: A refusal decided while routing, answered once the credential is
+    #: checked (so that an authenticated request is recorded).
+    route_error: Optional[BridgeError] = None
+    answered: bool = False
     body: bytes = b""
     parsed: Optional[dict] = None
     client: ClientInfo = UNKNOWN_CLIENT
@@ -131,6 +144,7 @@ class Bridge:
         old = getattr(self, "config", None)
         self.config = config
         self.providers = {name.encode("ascii"): entry for name, entry in providers.items()}
+        self.passthrough = {name: entry.passthrough for name, entry in self.providers.items()}
         self.extractors = tuple(extractors)
         self.resolvers = tuple(resolvers)
         self.detectors = tuple(detectors)
@@ -146,14 +160,14 @@ class Bridge:
 
     def handle(self, request: Any) -> None:
         """Serve C{request}; always answers it, one way or another."""
-        if self.api is not None and self.api.handles(request.path):
+        if self.api is not None and self.api.handles(request.path) and unsafe_path(request.path) is None:
             self.api.handle(request)
             return
         ex = Exchange(request=request, started=self.clock.seconds())
         self.in_flight.add(ex)
         try:
-            self._route(ex)
-            if ex.route is None:  # answered already (a probe)
+            ex.route_error = self._route(ex)
+            if ex.answered:  # a probe
                 self._close(ex)
                 return
             limit = self.config.limits.max_concurrency
@@ -162,7 +176,7 @@ class Bridge:
                                  headers={"Retry-After": "1"})
             credential = extract_credential(self.extractors, request)
             if credential is None:
-                raise AuthenticationFailed(
+                raise ex.route_error or AuthenticationFailed(
                     "No API key provided. Send your bridge key as a Bearer token, in X-Api-Key, "
                     "or in X-Coder-Token.", reason="missing")
             ex.credential = credential
@@ -185,38 +199,53 @@ class Bridge:
             except Exception:
                 self._crash(ex, Failure())
 
-    def _route(self, ex: Exchange) -> None:
+    def _route(self, ex: Exchange) -> Optional[BridgeError]:
+        """
+        Find the provider and the route; read and check the body.
+
+        @return: the refusal this request will get (after its credential is
+            checked), or L{None}.  A probe is answered here (C{ex.answered}).
+        """
         request = ex.request
         path = request.path
         if path.startswith(ALIAS_PREFIX + b"/"):
             path = path[len(ALIAS_PREFIX):]
         name, _, rest = path[1:].partition(b"/")
-        entry = self.providers.get(name)
-        if entry is None:
-            raise _unknown_route(request)
-        ex.entry = entry
+        entry = ex.entry = self.providers.get(name)
         ex.subpath = b"/" + rest if rest or path.endswith(b"/") else b""
+        # Before anything else: an upstream must never see a path that it
+        # could normalise into one the allow-list does not allow.
+        unsafe = unsafe_path(request.path)
+        if unsafe is not None:
+            return BadRequest(f"Refused path: {unsafe}.")
+        if entry is None:
+            return _unknown_route(request)
         if request.requestHeaders.hasHeader(b"upgrade"):
-            raise UpgradeNotSupported(
+            return UpgradeNotSupported(
                 "WebSocket is not supported by this gateway; use HTTPS (server-sent events).")
-        if request.method == b"HEAD" and ex.subpath in _BASE_PATHS:
+        method = request.method
+        if method == b"HEAD" and ex.subpath in _BASE_PATHS:
             # Claude Code probes connectivity this way, without a credential.
             request.setResponseCode(200)
             request.finish()
-            return
-        route = entry.provider.route(ex.subpath)
+            ex.answered = True
+            return None
+        route = entry.provider.route(ex.subpath) if method == b"POST" else None
         if route is None:
-            raise _unknown_route(request)
+            if not self.passthrough[name].allows(method, ex.subpath):
+                return _unknown_route(request)
+            route = ""
+        ex.route = route
         if getattr(request, "too_large", False):
-            raise PayloadTooLarge(f"Request body is larger than {self.config.max_body_bytes} bytes.")
+            return PayloadTooLarge(f"Request body is larger than {self.config.max_body_bytes} bytes.")
         ex.body = request.content.read() if request.content is not None else b""
-        if route and request.method == b"POST":
+        if route:
             try:
                 parsed = json.loads(ex.body)
             except ValueError:
-                raise BadRequest("The request body is not valid JSON.") from None
+                return BadRequest("The request body is not valid JSON.")
             if not isinstance(parsed, dict):
-                raise BadRequest("The request body must be a JSON object.")
+                return BadRequest("The request body must be a JSON object.")
             ex.parsed = parsed
             ex.streamed = parsed.get("stream") is True
             if self.config.recording.ask_stream_usage and ex.streamed:
@@ -224,7 +253,7 @@ class Bridge:
                 rewritten = ask(route, parsed) if ask is not None else None
                 if rewritten is not None:
                     ex.body = json.dumps(rewritten, separators=(",", ":")).encode("utf-8")
-        ex.route = route
+        return None
 
     def _resolve(self, ex: Exchange, start: int, initiator: Optional[Initiator]) -> Any:
         """Run the resolvers from C{start}; synchronous until one returns a Deferred."""
@@ -243,6 +272,8 @@ class Bridge:
         if initiator is None:
             raise AuthenticationFailed("No user could be resolved for this API key.", reason="no_initiator")
         ex.initiator = initiator
+        if ex.route_error is not None:
+            raise ex.route_error
         if self.rate is not None:
             wait = self.rate.take(initiator.user_id)
             if wait:
@@ -254,11 +285,13 @@ class Bridge:
         headers = upstream_headers(request, intercepted=intercepted, bridge_headers=self._bridge_headers)
         ex.credential_kind, ex.upstream_key = apply_credential(
             headers, request, ex.credential, entry.provider, entry.config.key, self.config.auth.allow_byok)
+        if drop_token(headers, ex.credential.token):
+            self.metrics.inc("bridge_token_dropped")
         if self.config.upstream.send_actor_headers:
             add_actor_headers(headers, initiator)
         if not intercepted:
             add_forwarded(headers, request)
-        query = request.uri.partition(b"?")[2]
+        query = drop_token_from_query(request.uri.partition(b"?")[2], ex.credential.token)
         url = entry.provider.upstream_url(entry.config.base_url, ex.subpath, query)
         producer = BytesProducer(ex.body) if (ex.body or request.method in _METHODS_WITH_BODY) else None
         ex.forwarded_at = self.clock.seconds()
@@ -317,9 +350,14 @@ class Bridge:
             return
         route = ex.route or ""
         tail = (lambda kind, message: provider.stream_error_event(route, kind, message)) if stream else None
+        parser = ex.parser
+        # A stream is whole once its terminal event went by, or once the
+        # upstream put an error event in it (the client has an error then).
+        terminal = (lambda: parser.complete or parser.error is not None) \
+            if stream and parser is not None else None
         ex.relay = Relay(request, self.clock, self.timeout,
-                         ex.parser.feed if ex.parser is not None else None,
-                         lambda outcome, failure: self._relayed(ex, outcome, failure), tail)
+                         parser.feed if parser is not None else None,
+                         lambda outcome, failure: self._relayed(ex, outcome, failure), tail, terminal)
         response.deliverBody(ex.relay)
         ex.relay.delivered()
 
@@ -336,9 +374,13 @@ class Bridge:
                 outcome = "shutdown"
             error = {"timeout": "upstream stalled past the timeout",
                      "shutdown": "cut short by shutdown after the grace period",
-                     "client_disconnected": "client disconnected"}.get(
+                     "client_disconnected": "client disconnected",
+                     TRUNCATED: "upstream ended the stream before its terminal event"}.get(
                 outcome, "upstream connection broke: " + (failure.getErrorMessage() if failure else ""))
             self.log.info("Relay of {id} ended: {outcome}", id=ex.id, outcome=outcome)
+            if outcome == UPSTREAM_BROKE and relay is not None and relay.stall_tail is not None:
+                # A stream cut short is an incomplete answer, however it was cut.
+                outcome = TRUNCATED
         elif usage is not None and usage.error:
             error = usage.error
         self._record(ex, status=outcome if outcome != COMPLETE else "ok", error=error, usage=usage)
@@ -370,16 +412,22 @@ class Bridge:
 
     def _refuse(self, ex: Exchange, error: BridgeError) -> None:
         request = ex.request
+        if ex.route_error is not None and ex.initiator is None:
+            # The route was refused already; the credential was checked only
+            # to record who asked, and its own refusal changes no answer.
+            error = ex.route_error
         reason = getattr(error, "reason", error.kind)
         self.metrics.inc(f"refused:{error.status}:{reason}")
-        self.log.info("Refused {method} {path}: {status} ({reason}) client={client} credential={hint}",
+        credential = ex.credential
+        self.log.info("Refused {method} {path}: {status} ({reason}) client={client} "
+                      "credential={credential_kind} hint={hint}",
                       method=request.method.decode("latin-1", "replace"), path=_printable(request.path),
                       status=error.status, reason=reason, client=ex.client.name,
-                      hint=ex.credential.hint if ex.credential is not None else "none")
+                      credential_kind=credential.source if credential is not None else "none",
+                      hint=credential.hint if credential is not None else "none")
         if ex.initiator is not None:
             # Authenticated: this belongs in the audit trail too.
-            self._record(ex, status="refused" if error.status < 500 else "upstream_error",
-                         error=error.message, http_status=error.status)
+            self._record(ex, status=error.record_status, error=error.message, http_status=error.status)
         if not request.finished and not ex.client_gone:
             provider = ex.entry.provider if ex.entry is not None else None
             write_error(request, provider, error)
@@ -393,25 +441,27 @@ class Bridge:
 
     def _record(self, ex: Exchange, *, status: str, error: Optional[str] = None,
                 usage: Optional[Usage] = None, http_status: Optional[int] = None) -> None:
-        if ex.done or ex.entry is None:
+        if ex.done:
             return
         ex.done = True
+        request = ex.request
+        if http_status is None and request.startedWriting:
+            http_status = request.code
         initiator = ex.initiator
         parsed = ex.parsed or {}
         prompt = None
-        if ex.route and parsed:
+        if ex.route and parsed and ex.entry is not None:
             prompt = ex.entry.provider.prompt_of(ex.route, parsed)
             if prompt is not None:
                 prompt = prompt[: self.config.recording.max_prompt_chars]
         model = (usage.model if usage is not None and usage.model else None) or (
             parsed.get("model") if isinstance(parsed.get("model"), str) else None)
-        request = ex.request
         user_agent = request.requestHeaders.getRawHeaders(b"user-agent")
         record = Interception(
             id=ex.id,
             started_at=ex.started,
             ended_at=self.clock.seconds(),
-            provider=ex.entry.provider.name,
+            provider=ex.entry.provider.name if ex.entry is not None else "unknown",
             route=ex.route or _printable(ex.subpath),
             intercepted=bool(ex.route),
             method=request.method.decode("latin-1", "replace"),
@@ -425,7 +475,8 @@ class Bridge:
             credential_user_id=initiator.credential_user_id if initiator else None,
             credential_kind=ex.credential_kind,
             credential_hint=mask_secret(ex.upstream_key) if ex.upstream_key else None,
-            upstream_status=ex.upstream_status if ex.upstream_status is not None else http_status,
+            upstream_status=ex.upstream_status,
+            http_status=http_status,
             input_tokens=usage.input_tokens if usage else 0,
             output_tokens=usage.output_tokens if usage else 0,
             cache_read_tokens=usage.cache_read_tokens if usage else 0,

@@ -68,8 +68,12 @@ def make_site(resource: Any, max_body: int, reactor: Any = None, timeout: float 
               access_log: bool = False) -> Site:
     """A L{Site} for the bridge resource with the body limit and the safe access log."""
     request_class = type("BridgeRequest", (BoundedRequest,), {"max_body": max_body})
+    # parsePOSTFormSubmission=False: a gateway never reads form arguments
+    # from a body, and Twisted parses every POST's Content-Type with the
+    # email package to look for them, which raises on hostile values (a NEL
+    # byte) and drops the connection without an answer.
     site = Site(resource, requestFactory=request_class, timeout=timeout,
-                logFormatter=access_log_line, reactor=reactor)
+                logFormatter=access_log_line, reactor=reactor, parsePOSTFormSubmission=False)
     site.displayTracebacks = False
     if not access_log:
         site.log = lambda request: None  # type: ignore[method-assign]

@@ -22,7 +22,7 @@ from bridgeproxy.store.schema import INTERCEPTION_COLUMNS, LATEST, MIGRATIONS
 from bridgeproxy.types import Identity, Interception, mask_secret
 
 TOKEN_PREFIX = "bp_"
-#: Rows per INSERT statement (28 columns each; SQLite allows 32766 parameters).
+#: Rows per INSERT statement (29 columns each; SQLite allows 32766 parameters).
 _ROWS_PER_STATEMENT = 250
 
 
@@ -336,6 +336,6 @@ def interception_row(r: Interception) -> tuple:
         r.id, r.started_at, r.ended_at, r.duration_ms, r.provider, r.route, int(r.intercepted), r.method,
         r.model, int(r.streamed), r.client, r.client_session_id, r.user_agent, r.initiator_id,
         r.initiator_username, r.credential_user_id, r.credential_kind, r.credential_hint, r.upstream_status,
-        r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens, r.prompt, tools,
+        r.http_status, r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens, r.prompt, tools,
         r.stop_reason, r.error, r.status,
     )

@@ -59,6 +59,10 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX interceptions_initiator ON interceptions (initiator_id, started_at)",
         "CREATE INDEX interceptions_client ON interceptions (client, started_at)",
     ],
+    # 2: the status the client got, apart from what the upstream answered
+    [
+        "ALTER TABLE interceptions ADD COLUMN http_status INTEGER",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)
@@ -68,7 +72,7 @@ INTERCEPTION_COLUMNS = (
     "intercepted", "method", "model", "streamed", "client",
     "client_session_id", "user_agent", "initiator_id", "initiator_username",
     "credential_user_id", "credential_kind", "credential_hint",
-    "upstream_status", "input_tokens", "output_tokens", "cache_read_tokens",
+    "upstream_status", "http_status", "input_tokens", "output_tokens", "cache_read_tokens",
     "cache_write_tokens", "prompt", "tool_calls", "stop_reason", "error",
     "status",
 )
