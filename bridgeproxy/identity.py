@@ -65,17 +65,20 @@ class KeystoreBackend:
         hit, value = self._cached(self._tokens, key)
         if hit:
             return succeed(value)
+        mine: Deferred = Deferred()
         waiting = self._pending.get(key)
-        if waiting is None:
+        if waiting is not None:
             # One store round trip however many requests with this token
             # arrive before it answers (a client opening many streams).
-            waiting = self._pending[key] = []
-            d = self._store.run(lambda db: db.identify(token))
-            d.addCallbacks(lambda identity: self._remember(self._tokens, key, identity),
-                           self._stale, errbackArgs=(self._tokens, key))
-            d.addBoth(self._answer, key)
-        mine: Deferred = Deferred()
-        waiting.append(mine)
+            waiting.append(mine)
+            return mine
+        # Registered before the store is asked: a store that answers at once
+        # hands its answer out before run() returns.
+        self._pending[key] = [mine]
+        d = self._store.run(lambda db: db.identify(token))
+        d.addCallbacks(lambda identity: self._remember(self._tokens, key, identity),
+                       self._stale, errbackArgs=(self._tokens, key))
+        d.addBoth(self._answer, key)
         return mine
 
     def _stale(self, failure: Failure, cache: dict, key: str) -> Optional[Identity]:

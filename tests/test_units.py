@@ -332,24 +332,59 @@ def test_prompts():
         {"role": "system", "content": "s"}, {"role": "user", "content": "q"}]}) == "q"
 
 
+class AnsweringStore:
+    """A store that answers at once (its Deferred has fired before run() returns)."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.calls = 0
+
+    def run(self, work):
+        self.calls += 1
+        from twisted.internet.defer import fail
+        return fail(self.answer) if isinstance(self.answer, Exception) else succeed(self.answer)
+
+
+def fired(d):
+    """The result a Deferred has already fired with (fails the test if it has not fired)."""
+    results = []
+    d.addBoth(results.append)
+    assert results, "the Deferred never fired"
+    return results[0]
+
+
+def test_keystore_answers_when_the_store_answers_at_once():
+    """A store that answers synchronously still gets the caller its identity (the Deferred fires)."""
+    from bridgeproxy.identity import KeystoreBackend
+    store = AnsweringStore(Identity("u", "n"))
+    backend = KeystoreBackend(store, Clock(), cache_seconds=5)
+    assert fired(backend.identify("t")) == Identity("u", "n")
+    assert fired(backend.identify("t")) == Identity("u", "n")  # from the cache
+    assert store.calls == 1
+    unknown = KeystoreBackend(AnsweringStore(None), Clock(), cache_seconds=5)
+    assert fired(unknown.identify("nope")) is None
+
+
+def test_keystore_store_down_at_once_is_503_for_unknown_tokens():
+    """A store that fails synchronously: the caller's Deferred fails with the 503 refusal, never hangs."""
+    from bridgeproxy.identity import KeystoreBackend
+    backend = KeystoreBackend(AnsweringStore(OSError("down")), Clock(), cache_seconds=5)
+    assert fired(backend.identify("t")).check(errors.NotConfigured)
+
+
 def test_clock_is_injected():
     """The keystore cache expires on the injected clock, not on wall time."""
     from bridgeproxy.identity import KeystoreBackend
-
-    class Store:
-        calls = 0
-
-        def run(self, work):
-            Store.calls += 1
-            return succeed(Identity("u", "n"))
+    store = AnsweringStore(Identity("u", "n"))
     clock = Clock()
-    backend = KeystoreBackend(Store(), clock, cache_seconds=5)
-    backend.identify("t")
-    backend.identify("t")
-    assert Store.calls == 1
-    clock.advance(6)
-    backend.identify("t")
-    assert Store.calls == 2
+    backend = KeystoreBackend(store, clock, cache_seconds=5)
+    fired(backend.identify("t"))
+    clock.advance(4.9)
+    fired(backend.identify("t"))
+    assert store.calls == 1
+    clock.advance(0.2)
+    assert fired(backend.identify("t")) == Identity("u", "n")
+    assert store.calls == 2
 
 
 def test_concurrent_lookups_share_one_store_call():
