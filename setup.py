@@ -49,7 +49,7 @@ setup(
             "openai>=1.40",
             "anthropic>=0.34",
         ],
-        "dev": ["mypy", "mypy-zope", "ruff"],
+        "dev": ["mypy", "mypy-zope", "ruff", "towncrier", "mutmut"],
     },
     entry_points={"console_scripts": ["bridgeproxy = bridgeproxy.cli:main"]},
     cmdclass={"install": InstallAndCachePlugins},
