@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -178,9 +179,14 @@ class BridgeAPI:
             store_ok = result is True
             providers = {name: bool(entry.config.key) for name, entry in self.providers.items()}
             ready = store_ok and bool(providers)
-            _json(request, 200 if ready else 503, {
+            body = {
                 "status": "ready" if ready else "not ready", "store": "ok" if store_ok else "unavailable",
-                "providers_with_key": providers, "recording_queue": len(self.recorder.queue)})
+                "providers_with_key": providers, "recording_queue": len(self.recorder.queue)}
+            if isinstance(result, Failure):
+                # Why, in a few words and without the database password.
+                describe = getattr(self.store, "describe", None)
+                body["reason"] = describe(result.value) if describe is not None else "the store did not answer"
+            _json(request, 200 if ready else 503, body)
         d.addBoth(answer)
 
     def _failed(self, failure: Any, request: Any) -> None:

@@ -9,10 +9,12 @@ import signal
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Optional
 
-from twisted.application import service, strports
+from twisted.application import service
+from twisted.internet import endpoints
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from bridgeproxy import chain
 from bridgeproxy.api import BridgeAPI
@@ -27,7 +29,8 @@ from bridgeproxy.proxy.forward import make_agent
 from bridgeproxy.proxy.resource import Bridge, BridgeResource, ProviderEntry
 from bridgeproxy.proxy.site import make_site
 from bridgeproxy.recording import Recorder, Retention
-from bridgeproxy.store import AsyncStore
+from bridgeproxy.store import AsyncStore, check_sqlite, safe_url
+from bridgeproxy.workers import tcp_address
 
 log = Logger()
 
@@ -45,10 +48,12 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        # A configuration error is one line and a non-zero exit (SystemExit),
+        # not a UsageError: twistd would print its whole usage text with it.
         try:
             config = load(self["config"]) if self["config"] else parse({})
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            raise SystemExit(f"bridgeproxy: {e}") from None
         #: Command-line settings that beat the file's, at start and at each reload.
         self.overrides: dict[str, Any] = {}
         if self["listen"]:
@@ -59,21 +64,20 @@ class Options(usage.Options):
                 workers = int(self["workers"])
                 assert workers >= 1
             except (ValueError, AssertionError):
-                raise usage.UsageError("--workers must be a whole number of 1 or more") from None
+                raise SystemExit("bridgeproxy: --workers must be a whole number of 1 or more") from None
             self.overrides["workers"] = workers
             config = override(config, workers=workers)
         if self["log-format"] not in (None, "json", "text"):
-            raise usage.UsageError("--log-format must be json or text")
+            raise SystemExit("bridgeproxy: --log-format must be json or text")
         parent = getattr(self, "parent", None)
         if self["log-format"] and parent is not None and parent.get("logger") is None:
             # twistd resolves --logger after this; ours becomes its observer factory.
             parent["logger"] = f"bridgeproxy.logs.{self['log-format']}"
         if config.workers > 1:
-            from bridgeproxy.workers import tcp_address
             try:
                 tcp_address(config.listen)
             except ConfigError as e:
-                raise usage.UsageError(str(e)) from None
+                raise SystemExit(f"bridgeproxy: {e}") from None
         self.config = config
 
 
@@ -292,28 +296,59 @@ class BridgeService(service.MultiService):
     Stopping is sequential, unlike a plain L{MultiService}: stop accepting
     connections, let requests in flight finish (up to
     C{shutdown_grace_seconds}), flush the recording queue, close the store.
+
+    A store that cannot be reached at start (a PostgreSQL server that is
+    down) is tried again with a growing delay, logged each time; C{/readyz}
+    answers 503 until it answers.
+
+    @param clock: schedules those retries (default: the app's reactor).
     """
 
-    def __init__(self, app: App, listener: Optional[service.IService] = None):
+    #: Seconds before each new attempt to reach the store at start (the last one repeats).
+    store_retry_delays = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+    def __init__(self, app: App, listener: Optional[service.IService] = None, clock: Any = None):
         super().__init__()
         self.app = app
         self.listener = listener
+        self.clock = clock if clock is not None else app.reactor
+        self._store_retry: Any = None
         if listener is not None:
             listener.setServiceParent(self)
 
     def startService(self) -> None:
         self.app.store.start()
-        # Create or migrate the schema now, so a bad database URL shows at start.
-        d = self.app.store.run(lambda db: db.version())
-        d.addErrback(lambda f: log.error("Store {url} unavailable at start: {error}",
-                                         url=_safe_url(self.app.config.database), error=f.getErrorMessage()))
         self.app.recorder.start()
         self.app.retention.start()
         super().startService()
+        # Create or migrate the schema now, so a bad database URL shows at start.
+        self._reach_store(0)
+
+    def _reach_store(self, attempt: int) -> None:
+        self._store_retry = None
+        store = self.app.store
+        d = store.run(lambda db: db.version())
+
+        def reached(version: int) -> None:
+            if attempt:
+                log.info("Store {url} reachable (schema version {version})", url=safe_url(store.url),
+                         version=version)
+
+        def failed(failure: Any) -> None:
+            if not self.running:
+                return
+            delay = self.store_retry_delays[min(attempt, len(self.store_retry_delays) - 1)]
+            log.warn("Store {url} unavailable ({reason}); retrying in {delay:g}s", url=safe_url(store.url),
+                     reason=store.describe(failure.value), delay=delay)
+            self._store_retry = self.clock.callLater(delay, self._reach_store, attempt + 1)
+        d.addCallbacks(reached, failed)
 
     @inlineCallbacks
     def stopService(self):
         service.Service.stopService(self)
+        if self._store_retry is not None and self._store_retry.active():
+            self._store_retry.cancel()
+        self._store_retry = None
         if self.listener is not None and self.listener.running:
             yield self.listener.stopService()
         if self.app.bridge.in_flight:
@@ -328,48 +363,92 @@ class BridgeService(service.MultiService):
                 yield child.stopService()
 
 
-def _safe_url(url: str) -> str:
-    """A database URL without its password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
+class ListeningPort(service.Service):
+    """A port that is already listening (bound when the service was made); stopping closes it."""
+
+    def __init__(self, port: Any):
+        self.port = port
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.port.stopListening()
+
+
+def listen(description: str, factory: Any, reactor: Any, what: str = "listen") -> ListeningPort:
+    """
+    Listen on the endpoint C{description} now, so
+    that a port in use stops the start with one line.
+
+    @raise SystemExit: when it is not an endpoint or cannot be listened on.
+    """
+    try:
+        endpoint = endpoints.serverFromString(reactor, description)
+    except Exception as e:  # noqa: BLE001 - any parse or certificate error, told in one line
+        raise SystemExit(f"bridgeproxy: {what}: not a usable endpoint {description!r} ({e})") from None
+    outcome: list[Any] = []
+    endpoint.listen(factory).addBoth(outcome.append)
+    if not outcome:  # pragma: no cover - tcp, ssl and unix endpoints listen at once
+        raise SystemExit(f"bridgeproxy: {what}: endpoint {description!r} does not listen at once")
+    if isinstance(outcome[0], Failure):
+        error = outcome[0].value
+        socket_error = getattr(error, "socketError", None)
+        reason = getattr(socket_error, "strerror", None) or str(socket_error or error)
+        reason = reason[:1].lower() + reason[1:]
+        raise SystemExit(f"bridgeproxy: cannot listen on {description}: {reason}") from None
+    return ListeningPort(outcome[0])
+
+
+def _check_store(config: Config) -> None:
+    try:
+        check_sqlite(config.database)
+    except ConfigError as e:
+        raise SystemExit(f"bridgeproxy: {e}") from None
 
 
 def makeService(options: Options) -> service.IService:
     """The twistd entry point; the only place that imports the global reactor."""
     from twisted.internet import reactor
 
-    config: Config = options.config
+    return make_service(options.config, reactor, options["config"], options.overrides,
+                        options["log-format"] or "text")
+
+
+def make_service(config: Config, reactor: Any, config_path: Optional[str] = None,
+                 overrides: Optional[Mapping[str, Any]] = None, log_format: str = "text") -> service.IService:
+    """
+    The whole bridge (or the supervisor of its workers) for C{config}.  The
+    listeners are bound here, before twistd starts anything: a port in use
+    or an unusable SQLite file is one line on standard error and exit
+    status 1, and "listening" is logged only once the port is bound.
+    """
+    _check_store(config)
     if config.workers > 1:
-        from bridgeproxy.workers import Supervisor
-        log.info("bridgeproxy supervising {count} workers on {listen}", count=config.workers, listen=config.listen)
-        supervisor = Supervisor(reactor, options["config"], config.workers, config.listen,
-                                options["log-format"] or "text", options.overrides)
+        from bridgeproxy.workers import Supervisor, reuseport_socket
+        interface, port, backlog = tcp_address(config.listen)
+        try:
+            reuseport_socket(interface, port, backlog).close()
+        except OSError as e:
+            reason = (e.strerror or str(e))[:1].lower() + (e.strerror or str(e))[1:]
+            raise SystemExit(f"bridgeproxy: cannot listen on {config.listen}: {reason}") from None
+        supervisor = Supervisor(reactor, config_path, config.workers, config.listen, log_format, dict(overrides or {}))
         top = service.MultiService()
         supervisor.setServiceParent(top)
         OnHangup(reactor, supervisor.reload).setServiceParent(top)
+        log.info("bridgeproxy supervising {count} workers on {listen}", count=config.workers, listen=config.listen)
         return top
     try:
         app = build(config, reactor)
     except ConfigError as e:
         raise SystemExit(f"bridgeproxy: {e}") from None
-    try:
-        listener = strports.service(config.listen, app.site)
-    except (ValueError, KeyError, TypeError) as e:
-        raise SystemExit(f"bridgeproxy: listen: not a usable endpoint {config.listen!r} ({e})") from None
-    top = BridgeService(app, listener)
-    OnHangup(reactor, lambda: reload(app, options["config"], options.overrides)).setServiceParent(top)
+    top = BridgeService(app, listen(config.listen, app.site, reactor))
+    OnHangup(reactor, lambda: reload(app, config_path, overrides)).setServiceParent(top)
     if config.metrics_listen:
         from twisted.web.server import Site
 
         from bridgeproxy.api import MetricsResource
         metrics_site = Site(MetricsResource(app.metrics), reactor=reactor)
         metrics_site.log = lambda request: None  # type: ignore[method-assign]
-        try:
-            strports.service(config.metrics_listen, metrics_site).setServiceParent(top)
-        except (ValueError, KeyError, TypeError) as e:
-            raise SystemExit(f"bridgeproxy: metrics_listen: not a usable endpoint ({e})") from None
+        listen(config.metrics_listen, metrics_site, reactor, "metrics_listen").setServiceParent(top)
     log.info("bridgeproxy listening on {listen}; store {db}; providers {providers}",
-             listen=config.listen, db=_safe_url(config.database), providers=", ".join(config.providers))
+             listen=config.listen, db=safe_url(config.database), providers=", ".join(config.providers))
     return top

@@ -122,7 +122,8 @@ def test_hup_replaces_workers_one_by_one(tmp_path, agent):
         # The replaced workers drain and exit.
         yield threads.deferToThread(wait_for_log, log_path, "replaced by a reload has exited", proc, count=2)
 
-        open(config, "w").write(open(config).read() + "\n[auth]\nallow_byok = 'yes'\n")
+        text = open(config).read()
+        open(config, "w").write(text + "\n[auth]\nallow_byok = 'yes'\n")
         proc.send_signal(signal.SIGHUP)
         log_text = yield threads.deferToThread(wait_for_log, log_path, "Reload failed", proc)
         assert "auth.allow_byok must be bool, got str" in log_text

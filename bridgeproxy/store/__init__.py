@@ -11,17 +11,74 @@ restart costs the calls made while it was down, not the process.
 
 from __future__ import annotations
 
+import os
+import sqlite3
 from typing import Any, Callable, Optional, TypeVar
+from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from bridgeproxy.errors import ConfigError
 from bridgeproxy.store.database import Database, StoreError, hash_token
 
 T = TypeVar("T")
 
-__all__ = ["AsyncStore", "Database", "StoreError", "hash_token"]
+__all__ = ["AsyncStore", "Database", "StoreError", "check_sqlite", "describe_error", "hash_token", "safe_url"]
+
+
+def safe_url(url: str) -> str:
+    """A database URL without its password (for log lines and messages)."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
+
+
+def describe_error(error: BaseException, url: str) -> str:
+    """
+    A short, one-line reason for a store error, without the password of
+    C{url} even if a driver repeated it.
+    """
+    text = str(error).strip().splitlines()[0].strip() if str(error).strip() else type(error).__name__
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        text = text.replace(password, "***")
+    return text[:200]
+
+
+def check_sqlite(url: str) -> None:
+    """
+    Open (create) and migrate the SQLite store at C{url} and make sure it
+    can be written, so that an unusable path stops the start instead of
+    leaving a gateway that answers 503.  Other URLs are left alone.
+
+    @raise ConfigError: saying what is wrong with the path.
+    """
+    if not url.startswith("sqlite:"):
+        return
+    path = url[len("sqlite:"):]
+    if path in ("", ":memory:"):
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ConfigError(f"database: cannot use {url}: the directory {directory} does not exist")
+    if os.path.isdir(path):
+        raise ConfigError(f"database: cannot use {url}: it is a directory")
+    try:
+        db = Database(url)
+        try:
+            db.migrate()
+            db.execute("BEGIN IMMEDIATE")  # takes the write lock: fails on a read-only file or directory
+            db.execute("ROLLBACK")
+        finally:
+            db.close()
+    except (sqlite3.Error, OSError) as e:
+        raise ConfigError(f"database: cannot use {url}: {e}") from None
 
 
 class AsyncStore:
@@ -80,6 +137,10 @@ class AsyncStore:
             self._db = None
             db.close()
             raise
+
+    def describe(self, error: BaseException) -> str:
+        """A short reason for C{error}, without the URL's password."""
+        return describe_error(error, self.url)
 
     def run(self, work: Callable[[Database], T]) -> "Deferred[T]":
         """Run C{work(database)} on the store's thread."""
