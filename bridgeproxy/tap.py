@@ -5,6 +5,7 @@ The twistd glue, and the one place where the parts are wired together.
 
 from __future__ import annotations
 
+import re
 import signal
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Optional
@@ -30,7 +31,7 @@ from bridgeproxy.proxy.resource import Bridge, BridgeResource, ProviderEntry
 from bridgeproxy.proxy.site import make_site
 from bridgeproxy.recording import Recorder, Retention
 from bridgeproxy.store import AsyncStore, check_sqlite, safe_url
-from bridgeproxy.workers import tcp_address
+from bridgeproxy.workers import listen_backlog, tcp_address
 
 log = Logger()
 
@@ -374,15 +375,30 @@ class ListeningPort(service.Service):
         return self.port.stopListening()
 
 
+_BACKLOG_ENDPOINTS = frozenset({"tcp", "tcp6", "ssl", "unix"})
+
+
+def with_backlog(description: str) -> str:
+    """
+    C{description} with C{backlog=} set to L{listen_backlog} when it is a
+    tcp/tcp6/ssl/unix endpoint that does not set one itself (Twisted's own
+    default is 50: a burst of clients would wait on SYN retries).
+    """
+    parts = re.split(r"(?<!\\):", description)
+    if parts[0] not in _BACKLOG_ENDPOINTS or any(p.startswith("backlog=") for p in parts[1:]):
+        return description
+    return f"{description}:backlog={listen_backlog()}"
+
+
 def listen(description: str, factory: Any, reactor: Any, what: str = "listen") -> ListeningPort:
     """
-    Listen on the endpoint C{description} now, so
+    Listen on the endpoint C{description} now (with the large backlog), so
     that a port in use stops the start with one line.
 
     @raise SystemExit: when it is not an endpoint or cannot be listened on.
     """
     try:
-        endpoint = endpoints.serverFromString(reactor, description)
+        endpoint = endpoints.serverFromString(reactor, with_backlog(description))
     except Exception as e:  # noqa: BLE001 - any parse or certificate error, told in one line
         raise SystemExit(f"bridgeproxy: {what}: not a usable endpoint {description!r} ({e})") from None
     outcome: list[Any] = []

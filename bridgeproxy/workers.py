@@ -30,10 +30,24 @@ from bridgeproxy.errors import ConfigError
 log = Logger()
 
 
+def listen_backlog() -> int:
+    """
+    The listen backlog for the bridge's own sockets: 1024, or the system's
+    C{net.core.somaxconn} when that is larger (Twisted's default is 50).
+    """
+    try:
+        with open("/proc/sys/net/core/somaxconn", encoding="ascii") as f:
+            somaxconn = int(f.read().strip())
+    except (OSError, ValueError):
+        somaxconn = 0
+    return max(1024, somaxconn)
+
+
 def tcp_address(listen: str) -> tuple[str, int, int]:
     """
     C{(interface, port, backlog)} of a C{tcp:PORT[:interface=X][:backlog=N]}
-    endpoint; workers need a fixed TCP port to share.
+    endpoint (backlog: L{listen_backlog} unless given); workers need a
+    fixed TCP port to share.
     """
     parts = listen.split(":")
     if len(parts) < 2 or parts[0] != "tcp":
@@ -46,7 +60,11 @@ def tcp_address(listen: str) -> tuple[str, int, int]:
     unknown = set(options) - {"interface", "backlog"}
     if port == 0 or unknown:
         raise ConfigError(f"workers need a fixed port and only interface/backlog options, got {listen!r}")
-    return options.get("interface", "0.0.0.0"), port, int(options.get("backlog", "1024"))
+    try:
+        backlog = int(options["backlog"]) if "backlog" in options else listen_backlog()
+    except ValueError:
+        raise ConfigError(f"listen: backlog must be a whole number in {listen!r}") from None
+    return options.get("interface", "0.0.0.0"), port, backlog
 
 
 def reuseport_socket(interface: str, port: int, backlog: int) -> socket.socket:

@@ -1,7 +1,8 @@
 """
 Starting `twistd bridgeproxy` as an operator sees it: a start-up error is
 one clear line on standard error and a non-zero exit (no usage text, no
-traceback); a PostgreSQL server that is down is waited for.
+traceback); a PostgreSQL server that is down is waited for; every listener
+the bridge builds gets a large listen backlog.
 """
 
 import json
@@ -16,9 +17,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, threads
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
 
-from bridgeproxy.config import parse
-from bridgeproxy.tap import BridgeService, build
+from bridgeproxy.config import load, override, parse
+from bridgeproxy.tap import BridgeService, build, make_service
+from bridgeproxy.workers import listen_backlog, tcp_address
 from tests import fakes
 from tests.http import call
 from tests.procs import ROOT, TWISTD, free_port, spawn_twistd, wait_for_log, wait_for_port, write_config
@@ -219,3 +222,33 @@ def test_store_that_comes_back_is_used(tmp_path, agent, captured_log):
             yield gate.stopListening()
         with psycopg.connect(pg, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_default_listener_has_a_large_backlog(tmp_path):
+    """The default `listen` (and the example's, and metrics_listen) listen with a backlog of max(1024, somaxconn)."""
+    wanted = listen_backlog()
+    assert wanted >= 1024
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            assert wanted >= int(f.read())
+    except OSError:
+        pass
+    database = f"sqlite:{tmp_path / 'bridge.db'}"
+    example = load(str(ROOT / "examples" / "bridgeproxy.toml"), environ={})
+    for config in (parse({"database": database}),
+                   override(example, database=database, metrics_listen="tcp:9100:interface=127.0.0.1")):
+        memory = MemoryReactor()
+        make_service(config, memory)
+        assert [(port, backlog, interface) for port, _, backlog, interface in memory.tcpServers][:1] == [
+            (8080, wanted, "127.0.0.1")]
+        assert all(backlog == wanted for _, _, backlog, _ in memory.tcpServers)
+    assert len(memory.tcpServers) == 2  # the example's main and metrics listeners
+
+
+def test_operator_backlog_is_kept(tmp_path):
+    """An endpoint string that sets backlog= itself keeps it, for the main listener and for workers."""
+    memory = MemoryReactor()
+    make_service(parse({"database": f"sqlite:{tmp_path / 'bridge.db'}", "listen": "tcp:8080:backlog=77"}), memory)
+    assert memory.tcpServers[0][2] == 77
+    assert tcp_address("tcp:8080:backlog=77")[2] == 77
+    assert tcp_address("tcp:8080:interface=127.0.0.1")[2] == listen_backlog()
