@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_e2e_api -*-
+# -*- test-case-name: tests.test_e2e_api,tests.test_startup -*-
 """
 The bridge's own HTTP endpoints: reading interceptions and usage back
 (C{/api/v1/...}, authenticated with a bridge key; admins see every row,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.test_tap,tests.test_reload,tests.test_startup -*-
 """
 The twistd glue, and the one place where the parts are wired together.
 """
@@ -248,7 +248,7 @@ def reload(app: App, path: Optional[str], overrides: Optional[Mapping[str, Any]]
         log.failure("Reload failed, still running the previous configuration")
         return False
     if ignored:
-        log.warn("Reload: {settings} changed but take a restart; ignored", settings=", ".join(ignored))
+        log.warn("Reload: {settings} changed but need a restart; ignored", settings=", ".join(ignored))
     _warn_missing_keys(effective)
     app.bridge.reconfigure(effective, providers=chains.providers, extractors=chains.extractors,
                            resolvers=chains.resolvers, detectors=chains.detectors)

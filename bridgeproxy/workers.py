@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_workers -*-
+# -*- test-case-name: tests.test_workers,tests.test_startup -*-
 """
 Several reactor processes on one port (C{workers = N}).
 
@@ -231,7 +231,7 @@ class Supervisor(service.Service):
         ignored = [name for name, now, then in (("listen", self.listen, config.listen),
                                                 ("workers", self.count, config.workers)) if now != then]
         if ignored:
-            log.warn("Reload: {settings} changed but take a restart; ignored", settings=", ".join(ignored))
+            log.warn("Reload: {settings} changed but need a restart; ignored", settings=", ".join(ignored))
         self._reloading = True
         d = self._replace_all()
 
@@ -256,6 +256,8 @@ class Supervisor(service.Service):
             except Exception as e:  # noqa: BLE001 - exited, or timed out
                 self.starting.discard(new)
                 new.terminate()
+                if not self.running:
+                    return  # stopping: stopService ended it
                 reason = str(e) if isinstance(e, WorkerNotReady) else f"not serving after {self.ready_timeout:g}s"
                 log.error("Reload stopped: the new worker {index} did not start ({reason}); the running "
                           "workers are kept", index=index, reason=reason)

@@ -67,7 +67,7 @@ def test_hup_reloads_without_dropping_a_stream(tmp_path, agent):
         assert response.code == 200
         assert [r.header("authorization") for r in second.requests] == [f"Bearer {NEW_OPENAI_KEY}"]
         assert len(upstream.requests) == 1  # only the stream
-        assert "Reload: listen changed but take a restart; ignored" in log_path.read_text()
+        assert "Reload: listen changed but need a restart; ignored" in log_path.read_text()
 
         open(config, "w").write(text + "\n[auth\n")
         proc.send_signal(signal.SIGHUP)
@@ -151,7 +151,7 @@ spool_path = "{bridge.app.config.recording.spool_path}"
     yield bridge.flush()
     text = bridge.log.text()
     assert "Reload: database" not in text
-    assert "Reload: recording.batch_size, upstream.connect_timeout changed but take a restart; ignored" in text
+    assert "Reload: recording.batch_size, upstream.connect_timeout changed but need a restart; ignored" in text
     assert "interception " not in text
     assert '"POST /openai/v1/chat/completions HTTP/1.1" 200' in text
     assert token not in text and fakes.OPENAI_KEY not in text

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store -*-
+# -*- test-case-name: tests.test_store,tests.test_startup -*-
 """
 The store: SQLite (the embedded default) or PostgreSQL (for several
 instances), behind one asynchronous face.
