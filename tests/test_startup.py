@@ -20,6 +20,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 
 from bridgeproxy.config import load, override, parse
+from bridgeproxy.store.schema import LATEST
 from bridgeproxy.tap import BridgeService, build, make_service
 from bridgeproxy.workers import listen_backlog, tcp_address
 from tests import fakes
@@ -215,6 +216,11 @@ def test_store_that_comes_back_is_used(tmp_path, agent, captured_log):
         yield until(lambda: "reachable (schema version" in captured_log.text())
         response, body = yield call(agent, "GET", f"http://127.0.0.1:{site.getHost().port}/readyz")
         assert response.code == 200, body
+        with psycopg.connect(pg, autocommit=True) as conn:
+            version = conn.execute(f"SELECT version FROM {schema}.schema_version").fetchone()[0]
+        assert version == LATEST  # migrated once the server was reachable
+        if real.password:
+            assert real.password not in captured_log.text()
     finally:
         yield site.stopListening()
         yield svc.stopService()
