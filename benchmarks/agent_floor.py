@@ -13,7 +13,7 @@ from twisted.internet import reactor
 from twisted.web import resource, server
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
-from bridgeproxy.proxy.forward import BytesProducer
+from bridgeproxy.proxy.upstream import BytesProducer
 
 
 class Floor(resource.Resource):

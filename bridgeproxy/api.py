@@ -93,8 +93,10 @@ class MetricsResource(Resource):
 
 class BridgeAPI:
     """
-    Serves C{/api/v1/interceptions}, C{/api/v1/usage}, C{/healthz} and
-    C{/readyz}.
+    What the bridge's own endpoints need (the key chain, the identity
+    backend, the store, the recorder, the providers), and their answers:
+    C{/healthz}, C{/readyz}, C{/metrics}, C{/api/v1/interceptions},
+    C{/api/v1/usage}.  L{ApiResource} and the root resource route to them.
     """
 
     log = Logger()
@@ -109,33 +111,28 @@ class BridgeAPI:
         #: Serve C{/metrics} here (when no separate metrics listener is configured).
         self.metrics = metrics
 
-    def handles(self, path: bytes) -> bool:
-        return path in (b"/healthz", b"/readyz", b"/metrics") or path.startswith(b"/api/v1/")
+    def health(self, request: Any) -> None:
+        _json(request, 200, {"status": "ok", "pid": os.getpid()})
 
-    def handle(self, request: Any) -> None:
-        path = request.path
+    def serve_metrics(self, request: Any) -> None:
+        if self.metrics is None:
+            write_error(request, None, NotFound("Metrics are served on the metrics listener."))
+        else:
+            serve_metrics(request, self.metrics)
+
+    def view(self, name: str, request: Any) -> None:
+        """Answer C{/api/v1/<name>} for the caller the request's credential names."""
+        views = {"interceptions": self._interceptions, "usage": self._usage}
         try:
-            if path == b"/healthz":
-                return _json(request, 200, {"status": "ok", "pid": os.getpid()})
-            if path == b"/readyz":
-                return self._ready(request)
-            if path == b"/metrics":
-                if self.metrics is None:
-                    raise NotFound("Metrics are served on the metrics listener.")
-                return serve_metrics(request, self.metrics)
+            if name not in views or request.postpath:
+                raise NotFound("Unknown API path.")
             if request.method not in (b"GET", b"HEAD"):
                 raise BadRequest("Only GET is supported here.")
-            if path == b"/api/v1/interceptions":
-                view = self._interceptions
-            elif path == b"/api/v1/usage":
-                view = self._usage
-            else:
-                raise NotFound("Unknown API path.")
             credential = extract_credential(self.extractors, request)
             if credential is None:
                 raise AuthenticationFailed("No API key provided.", reason="missing")
             d = self.identity.identify(credential.token)
-            d.addCallback(self._authorized, request, view)
+            d.addCallback(self._authorized, request, views[name])
             d.addErrback(self._failed, request)
         except BridgeError as error:
             write_error(request, None, error)
@@ -172,7 +169,7 @@ class BridgeAPI:
         d = self.store.run(lambda db: db.usage(by=by, initiator=initiator, client=client, since=since))
         return d.addCallback(lambda rows: _json(request, 200, {"by": by, "data": rows}))
 
-    def _ready(self, request: Any) -> None:
+    def ready(self, request: Any) -> None:
         d = self.store.run(lambda db: db.ping())
 
         def answer(result: Any) -> None:
@@ -197,3 +194,33 @@ class BridgeAPI:
             error = BridgeError("The store could not answer.")
         if not request.finished:
             write_error(request, None, error)
+
+
+class Endpoint(Resource):
+    """A leaf answering with C{answer(request)} (which finishes the request)."""
+
+    isLeaf = True
+
+    def __init__(self, answer: Any):
+        super().__init__()
+        self.answer = answer
+
+    def render(self, request: Any) -> Any:
+        self.answer(request)
+        return NOT_DONE_YET
+
+
+class ApiV1Resource(Resource):
+    """C{/api/v1/}: one child per view (C{interceptions}, C{usage})."""
+
+    def __init__(self, api: BridgeAPI):
+        super().__init__()
+        self.api = api
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        name = path.decode("latin-1")
+        return Endpoint(lambda request: self.api.view(name, request))
+
+    def render(self, request: Any) -> Any:
+        self.api.view("", request)
+        return NOT_DONE_YET

@@ -78,6 +78,14 @@ class PayloadTooLarge(BridgeError):
     record_status = "refused"
 
 
+class UpgradeNotSupported(BridgeError):
+    """A WebSocket attempt (426): answered at once so the client falls back to HTTPS."""
+
+    status = 426
+    kind = "invalid_request"
+    record_status = "refused"
+
+
 class UpstreamUnavailable(BridgeError):
     """The upstream could not be reached (502)."""
 

@@ -129,14 +129,20 @@ class IProvider(Interface):
 
     name = Attribute("The provider's name, also its URL prefix (str).")
     default_base_url = Attribute("Base URL used when the config names none (str).")
+    passthrough = Attribute(
+        "The default passthrough allow-list: a sequence of 'METHODS /path/pattern' rules (str) for "
+        "paths forwarded without being parsed; anything neither intercepted nor allowed is refused "
+        "with 404.")
 
     def route(subpath):
         """
         @param subpath: the request path after the provider's prefix
             (bytes, starting with C{b"/"}, no query string).
+        Called for C{POST} requests only.
+
         @return: the name of the intercepted route (C{"chat.completions"}),
-            C{""} for a passthrough route, or L{None} when the path is not
-            one of the provider's.
+            or L{None} when the path is not an intercepted route (the
+            passthrough allow-list then decides).
         """
 
     def upstream_url(base_url, subpath, query):
@@ -167,6 +173,14 @@ class IProvider(Interface):
         """
         @return: the bytes that end an SSE stream with an error event the
             provider's SDK understands.
+        """
+
+    def ask_stream_usage(route, body):
+        """
+        For C{[recording] ask_stream_usage}: a copy of a streamed request's
+        parsed C{body} that asks the provider to report token usage, or
+        L{None} when the body needs no change (the provider always reports
+        it, or the client already asked).
         """
 
     def usage_parser(route, streamed):

@@ -26,8 +26,9 @@ from bridgeproxy.interfaces import (
     IAuthExtractor, IClientDetector, IIdentityBackend, IInitiatorResolver, IProvider,
 )
 from bridgeproxy.metrics import Metrics
-from bridgeproxy.proxy.forward import make_agent
-from bridgeproxy.proxy.resource import Bridge, BridgeResource, ProviderEntry
+from bridgeproxy.proxy.upstream import make_agent
+from bridgeproxy.proxy.pipeline import Bridge, ProviderEntry
+from bridgeproxy.proxy.resource import BridgeResource
 from bridgeproxy.proxy.site import make_site
 from bridgeproxy.recording import Recorder, Retention
 from bridgeproxy.store import AsyncStore, check_sqlite, safe_url

@@ -9,7 +9,7 @@ from twisted.internet import defer
 from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 
-from bridgeproxy.proxy.forward import BytesProducer
+from bridgeproxy.proxy.upstream import BytesProducer
 
 
 @defer.inlineCallbacks

@@ -27,7 +27,8 @@ from bridgeproxy.initiator import CoderAgentsOwnerResolver, TokenResolver
 from bridgeproxy.metrics import Metrics
 from bridgeproxy.providers.anthropic import AnthropicProvider
 from bridgeproxy.providers.openai import OpenAIProvider
-from bridgeproxy.proxy.resource import Bridge, BridgeResource, ProviderEntry
+from bridgeproxy.proxy.pipeline import Bridge, ProviderEntry
+from bridgeproxy.proxy.resource import BridgeResource
 from bridgeproxy.proxy.site import make_site
 from bridgeproxy.types import Identity
 

@@ -11,7 +11,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.protocol import Protocol
 from twisted.web.http_headers import Headers
 
-from bridgeproxy.proxy.forward import BytesProducer
+from bridgeproxy.proxy.upstream import BytesProducer
 from tests import fakes
 from tests.http import call
 

@@ -141,6 +141,10 @@ class AnthropicProvider:
     def stream_error_event(self, route: str, error_kind: str, message: str) -> bytes:
         return b"event: error\ndata: " + dumps(anthropic_error(error_kind, message)) + b"\n\n"
 
+    def ask_stream_usage(self, route: str, body: dict) -> Optional[dict]:
+        # Anthropic streams always carry their usage.
+        return None
+
     def usage_parser(self, route: str, streamed: bool) -> UsageParser:
         return MessagesParser(streamed)
 

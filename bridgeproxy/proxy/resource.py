@@ -1,648 +1,124 @@
-# -*- test-case-name: tests.test_proxy -*-
+# -*- test-case-name: tests.test_pipeline,tests.test_e2e_api -*-
 """
-The request's way through the bridge, in one straight line:
+The resource tree: what a path reaches.
 
-route -> extract credential -> detect client -> resolve initiator ->
-clean headers -> forward -> relay (+ tap for recording) -> record.
+    /healthz, /readyz, /metrics      the bridge's own endpoints
+    /api/v1/<view>                   reading records back
+    /<provider>/...                  a configured provider (the pipeline)
+    /api/v2/aibridge/<provider>/...  the same providers, mounted again
+
+Anything else reaches the pipeline as a path under no provider, so that it
+is refused (and, for an authenticated caller, recorded) the pipeline's way.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import uuid
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional
 
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from bridgeproxy.auth import extract_credential
-from bridgeproxy.clients import detect_client
-from bridgeproxy.config import Config, ProviderConfig
-from bridgeproxy.errors import (
-    AuthenticationFailed, BadRequest, BridgeError, NotFound, Overloaded, PayloadTooLarge,
-    RateLimited, UpstreamTimeout, UpstreamUnavailable,
-)
-from bridgeproxy.metrics import Metrics
-from bridgeproxy.proxy.errors import write_error
-from bridgeproxy.proxy.forward import COMPLETE, TRUNCATED, UPSTREAM_BROKE, BytesProducer, Relay
-from bridgeproxy.proxy.headers import (
-    add_actor_headers, add_forwarded, apply_credential, copy_response_headers, drop_token, drop_token_from_query,
-    upstream_headers,
-)
-from bridgeproxy.proxy.routing import Passthrough, unsafe_path
-from bridgeproxy.types import (
-    UNKNOWN_CLIENT, ClientInfo, Credential, Initiator, Interception, Usage, mask_secret,
-)
-
-#: The prefix the upstream Go gateway serves its routes under.
-ALIAS_PREFIX = b"/api/v2/aibridge"
-_BASE_PATHS = frozenset({b"", b"/", b"/v1", b"/v1/"})
-_METHODS_WITH_BODY = frozenset({b"POST", b"PUT", b"PATCH"})
-_MAX_ERROR_CHARS = 1000
+from bridgeproxy.api import ApiV1Resource, Endpoint
+from bridgeproxy.proxy.pipeline import Bridge, ProviderEntry
+from bridgeproxy.proxy.routing import unsafe_path
 
 
-class UpgradeNotSupported(BridgeError):
-    """A WebSocket attempt: answered at once so the client falls back to HTTPS."""
-
-    status = 426
-    kind = "invalid_request"
-    record_status = "refused"
-
-
-@dataclass(frozen=True)
-class ProviderEntry:
-    """A configured provider: its plugin and its settings."""
-
-    provider: Any
-    config: ProviderConfig
-
-    @property
-    def passthrough(self) -> Passthrough:
-        """The allow-list: the configured one, else the provider's own, plus the configured extras."""
-        rules = self.config.passthrough if self.config.passthrough is not None else self.provider.passthrough
-        return Passthrough.parse(tuple(rules) + tuple(self.config.passthrough_extra))
-
-
-@dataclass(eq=False)
-class Exchange:
-    """Everything the pipeline learns about one request; becomes its record."""
-
-    request: Any
-    started: float
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    entry: Optional[ProviderEntry] = None
-    subpath: bytes = b""
-    route: Optional[str] = None
-    #: A refusal decided while routing, answered once the credential is
-    #: checked (so that an authenticated request is recorded).
-    route_error: Optional[BridgeError] = None
-    answered: bool = False
-    body: bytes = b""
-    parsed: Optional[dict] = None
-    client: ClientInfo = UNKNOWN_CLIENT
-    credential: Optional[Credential] = None
-    initiator: Optional[Initiator] = None
-    credential_kind: Optional[str] = None
-    upstream_key: Optional[str] = None
-    upstream_status: Optional[int] = None
-    streamed: bool = False
-    relay: Optional[Relay] = None
-    error_body: Any = None
-    parser: Any = None
-    pending: Optional[Deferred] = None
-    timer: Any = None
-    timed_out: bool = False
-    forwarded_at: float = 0.0
-    client_gone: bool = False
-    done: bool = False
-    shutdown: bool = False
-
-
-
-class Bridge:
+class ProviderResource(Resource):
     """
-    The pipeline, holding the parts the plugin chains and the config chose.
-
-    @param agent: an L{twisted.web.iweb.IAgent} for the upstream requests.
-    @param clock: an L{IReactorTime}.
-    @param recorder: anything with C{record(Interception)}.
+    A provider's prefix: everything below it goes to the pipeline, with the
+    raw path after the prefix (C{request.postpath} is percent-decoded; the
+    upstream must get the path as the client sent it).
     """
-
-    log = Logger()
-
-    def __init__(self, config: Config, *, providers: Mapping[str, ProviderEntry],
-                 extractors: Sequence[Any], resolvers: Sequence[Any], detectors: Sequence[Any],
-                 agent: Any, clock: Any, recorder: Any, metrics: Optional[Metrics] = None):
-        self.agent = agent
-        self.clock = clock
-        self.recorder = recorder
-        self.metrics = metrics if metrics is not None else Metrics()
-        #: The bridge's own endpoints (L{bridgeproxy.api.BridgeAPI}), if any.
-        self.api: Any = None
-        #: Requests being served, for the shutdown drain and the limits.
-        self.in_flight: set[Exchange] = set()
-        self._drained: list[Deferred] = []
-        self.rate: Optional[TokenBuckets] = None
-        self.reconfigure(config, providers=providers, extractors=extractors, resolvers=resolvers,
-                         detectors=detectors)
-
-    def reconfigure(self, config: Config, *, providers: Mapping[str, ProviderEntry],
-                    extractors: Sequence[Any], resolvers: Sequence[Any], detectors: Sequence[Any]) -> None:
-        """
-        Serve new requests with a new configuration and chains (a reload).
-
-        Requests in flight finish with what they started with; the rate
-        limiter keeps its buckets unless the limits changed.
-        """
-        old = getattr(self, "config", None)
-        self.config = config
-        self.providers = {name.encode("ascii"): entry for name, entry in providers.items()}
-        self.passthrough = {name: entry.passthrough for name, entry in self.providers.items()}
-        self.extractors = tuple(extractors)
-        self.resolvers = tuple(resolvers)
-        self.detectors = tuple(detectors)
-        self.timeout = config.upstream.timeout
-        self._bridge_headers = tuple(config.auth.coder_token_headers)
-        limits = config.limits
-        if old is None or old.limits != limits:
-            self.rate = TokenBuckets(self.clock, limits.per_initiator_rps,
-                                     limits.per_initiator_burst or max(1, math.ceil(limits.per_initiator_rps))) \
-                if limits.per_initiator_rps else None
-
-    # -- the straight line -----------------------------------------------------------
-
-    def handle(self, request: Any) -> None:
-        """Serve C{request}; always answers it, one way or another."""
-        if self.api is not None and self.api.handles(request.path) and unsafe_path(request.path) is None:
-            self.api.handle(request)
-            return
-        ex = Exchange(request=request, started=self.clock.seconds())
-        self.in_flight.add(ex)
-        try:
-            ex.route_error = self._route(ex)
-            if ex.answered:  # a probe
-                self._close(ex)
-                return
-            limit = self.config.limits.max_concurrency
-            if limit and len(self.in_flight) > limit:
-                raise Overloaded("The gateway is at its concurrency limit; retry shortly.",
-                                 headers={"Retry-After": "1"})
-            credential = extract_credential(self.extractors, request)
-            if credential is None:
-                raise ex.route_error or AuthenticationFailed(
-                    "No API key provided. Send your bridge key as a Bearer token, in X-Api-Key, "
-                    "or in X-Coder-Token.", reason="missing")
-            ex.credential = credential
-            ex.client = detect_client(self.detectors, request, ex.parsed)
-            outcome = self._resolve(ex, 0, None)
-        except BridgeError as error:
-            self._refuse(ex, error)
-            return
-        except Exception:
-            self._crash(ex, Failure())
-            return
-        if isinstance(outcome, Deferred):
-            outcome.addCallback(self._forward, ex)
-            outcome.addErrback(self._failed_before_upstream, ex)
-        else:
-            try:
-                self._forward(outcome, ex)
-            except BridgeError as error:
-                self._refuse(ex, error)
-            except Exception:
-                self._crash(ex, Failure())
-
-    def _route(self, ex: Exchange) -> Optional[BridgeError]:
-        """
-        Find the provider and the route; read and check the body.
-
-        @return: the refusal this request will get (after its credential is
-            checked), or L{None}.  A probe is answered here (C{ex.answered}).
-        """
-        request = ex.request
-        path = request.path
-        if path.startswith(ALIAS_PREFIX + b"/"):
-            path = path[len(ALIAS_PREFIX):]
-        name, _, rest = path[1:].partition(b"/")
-        entry = ex.entry = self.providers.get(name)
-        ex.subpath = b"/" + rest if rest or path.endswith(b"/") else b""
-        # Before anything else: an upstream must never see a path that it
-        # could normalise into one the allow-list does not allow.
-        unsafe = unsafe_path(request.path)
-        if unsafe is not None:
-            return BadRequest(f"Refused path: {unsafe}.")
-        if entry is None:
-            return _unknown_route(request)
-        if request.requestHeaders.hasHeader(b"upgrade"):
-            return UpgradeNotSupported(
-                "WebSocket is not supported by this gateway; use HTTPS (server-sent events).")
-        method = request.method
-        if method == b"HEAD" and ex.subpath in _BASE_PATHS:
-            # Claude Code probes connectivity this way, without a credential.
-            request.setResponseCode(200)
-            request.finish()
-            ex.answered = True
-            return None
-        route = entry.provider.route(ex.subpath) if method == b"POST" else None
-        if route is None:
-            if not self.passthrough[name].allows(method, ex.subpath):
-                return _unknown_route(request)
-            route = ""
-        ex.route = route
-        if getattr(request, "too_large", False):
-            return PayloadTooLarge(f"Request body is larger than {self.config.max_body_bytes} bytes.")
-        ex.body = request.content.read() if request.content is not None else b""
-        if route:
-            try:
-                parsed = json.loads(ex.body)
-            except ValueError:
-                return BadRequest("The request body is not valid JSON.")
-            if not isinstance(parsed, dict):
-                return BadRequest("The request body must be a JSON object.")
-            ex.parsed = parsed
-            ex.streamed = parsed.get("stream") is True
-            if self.config.recording.ask_stream_usage and ex.streamed:
-                ask = getattr(entry.provider, "ask_stream_usage", None)
-                rewritten = ask(route, parsed) if ask is not None else None
-                if rewritten is not None:
-                    ex.body = json.dumps(rewritten, separators=(",", ":")).encode("utf-8")
-        return None
-
-    def _resolve(self, ex: Exchange, start: int, initiator: Optional[Initiator]) -> Any:
-        """Run the resolvers from C{start}; synchronous until one returns a Deferred."""
-        resolvers = self.resolvers
-        for i in range(start, len(resolvers)):
-            result = resolvers[i].resolve(ex.request, ex.credential, ex.client, initiator)
-            if isinstance(result, Deferred):
-                return result.addCallback(self._resolve_from, ex, i + 1)
-            initiator = result
-        return initiator
-
-    def _resolve_from(self, initiator: Optional[Initiator], ex: Exchange, start: int) -> Any:
-        return self._resolve(ex, start, initiator)
-
-    def _forward(self, initiator: Optional[Initiator], ex: Exchange) -> None:
-        if initiator is None:
-            raise AuthenticationFailed("No user could be resolved for this API key.", reason="no_initiator")
-        ex.initiator = initiator
-        if ex.route_error is not None:
-            raise ex.route_error
-        if self.rate is not None:
-            wait = self.rate.take(initiator.user_id)
-            if wait:
-                raise RateLimited("Too many requests; slow down.",
-                                  headers={"Retry-After": str(max(1, math.ceil(wait)))})
-        request, entry = ex.request, ex.entry
-        assert entry is not None and ex.credential is not None and ex.route is not None
-        intercepted = bool(ex.route)
-        headers = upstream_headers(request, intercepted=intercepted, bridge_headers=self._bridge_headers)
-        ex.credential_kind, ex.upstream_key = apply_credential(
-            headers, request, ex.credential, entry.provider, entry.config.key, self.config.auth.allow_byok)
-        if drop_token(headers, ex.credential.token):
-            self.metrics.inc("bridge_token_dropped")
-        if self.config.upstream.send_actor_headers:
-            add_actor_headers(headers, initiator)
-        if not intercepted:
-            add_forwarded(headers, request)
-        query = drop_token_from_query(request.uri.partition(b"?")[2], ex.credential.token)
-        url = entry.provider.upstream_url(entry.config.base_url, ex.subpath, query)
-        producer = BytesProducer(ex.body) if (ex.body or request.method in _METHODS_WITH_BODY) else None
-        ex.forwarded_at = self.clock.seconds()
-        ex.pending = self.agent.request(request.method, url, headers, producer)
-        ex.timer = self.clock.callLater(self.timeout, self._headers_timeout, ex)
-        request.notifyFinish().addErrback(self._client_gone, ex)
-        ex.pending.addCallbacks(self._respond, self._upstream_failed,
-                                callbackArgs=(ex,), errbackArgs=(ex,))
-
-    def _headers_timeout(self, ex: Exchange) -> None:
-        ex.timer = None
-        ex.timed_out = True
-        if ex.pending is not None:
-            ex.pending.cancel()
-
-    def _client_gone(self, failure: Failure, ex: Exchange) -> None:
-        ex.client_gone = True
-        if ex.relay is not None:
-            ex.relay.client_gone()
-        elif ex.error_body is not None:
-            ex.error_body.stop()
-        elif ex.pending is not None:
-            ex.pending.cancel()
-
-    def _respond(self, response: Any, ex: Exchange) -> None:
-        ex.pending = None
-        if ex.timer is not None:
-            ex.timer.cancel()
-            ex.timer = None
-        request, provider = ex.request, ex.entry.provider  # type: ignore[union-attr]
-        ex.upstream_status = response.code
-        self.metrics.upstream_latency.labels(provider.name).observe(self.clock.seconds() - ex.forwarded_at)
-        if ex.client_gone:
-            response.deliverBody(_Discard())
-            self._record(ex, status="client_disconnected", error="client disconnected before the answer")
-            return
-        content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
-        stream = content_type.startswith(b"text/event-stream")
-        request.setResponseCode(response.code, response.phrase)
-        copy_response_headers(response.headers, request.responseHeaders)
-        if response.length is not UNKNOWN_LENGTH and not stream:
-            request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % response.length])
-        if stream:
-            ex.streamed = True
-            self.metrics.streams_in_flight.inc()
-            request.responseHeaders.setRawHeaders(b"Cache-Control", [b"no-cache"])
-            request.responseHeaders.setRawHeaders(b"X-Accel-Buffering", [b"no"])
-        if ex.route:
-            ex.parser = provider.usage_parser(ex.route, stream)
-        if response.code >= 400 and not stream and ex.credential_kind == "centralized":
-            # An error may repeat the key it was sent: that key is ours, not
-            # the client's, so the answer is read whole and the key masked.
-            request.responseHeaders.removeHeader(b"Content-Length")
-            ex.error_body = _ErrorBody(ex, self, response.code)
-            response.deliverBody(ex.error_body)
-            return
-        route = ex.route or ""
-        tail = (lambda kind, message: provider.stream_error_event(route, kind, message)) if stream else None
-        parser = ex.parser
-        # A stream is whole once its terminal event went by, or once the
-        # upstream put an error event in it (the client has an error then).
-        terminal = (lambda: parser.complete or parser.error is not None) \
-            if stream and parser is not None else None
-        ex.relay = Relay(request, self.clock, self.timeout,
-                         parser.feed if parser is not None else None,
-                         lambda outcome, failure: self._relayed(ex, outcome, failure), tail, terminal)
-        response.deliverBody(ex.relay)
-        ex.relay.delivered()
-
-    def _relayed(self, ex: Exchange, outcome: str, failure: Optional[Failure]) -> None:
-        usage = ex.parser.finish() if ex.parser is not None else None
-        relay = ex.relay
-        if relay is not None and relay.first_at is not None:
-            self.metrics.ttfb.labels(ex.entry.provider.name).observe(relay.first_at - ex.forwarded_at)  # type: ignore[union-attr]
-        if relay is not None and relay.stall_tail is not None:
-            self.metrics.streams_in_flight.dec()
-        error = None
-        if outcome != COMPLETE:
-            if ex.shutdown:
-                outcome = "shutdown"
-            error = {"timeout": "upstream stalled past the timeout",
-                     "shutdown": "cut short by shutdown after the grace period",
-                     "client_disconnected": "client disconnected",
-                     TRUNCATED: "upstream ended the stream before its terminal event"}.get(
-                outcome, "upstream connection broke: " + (failure.getErrorMessage() if failure else ""))
-            self.log.info("Relay of {id} ended: {outcome}", id=ex.id, outcome=outcome)
-            if outcome == UPSTREAM_BROKE and relay is not None and relay.stall_tail is not None:
-                # A stream cut short is an incomplete answer, however it was cut.
-                outcome = TRUNCATED
-        elif usage is not None and usage.error:
-            error = usage.error
-        self._record(ex, status=outcome if outcome != COMPLETE else "ok", error=error, usage=usage)
-
-    # -- the ways out --------------------------------------------------------------
-
-    def _upstream_failed(self, failure: Failure, ex: Exchange) -> None:
-        ex.pending = None
-        if ex.timer is not None and ex.timer.active():
-            ex.timer.cancel()
-        ex.timer = None
-        if ex.client_gone:
-            self._record(ex, status="client_disconnected", error="client disconnected before the answer")
-            return
-        if ex.timed_out:
-            error: BridgeError = UpstreamTimeout("The upstream did not answer in time.")
-        else:
-            reason = failure.getErrorMessage() if not failure.check(CancelledError) else "cancelled"
-            self.log.warn("Upstream {provider} unreachable for {id}: {reason}",
-                          provider=ex.entry.provider.name, id=ex.id, reason=_scrub(reason, ex))  # type: ignore[union-attr]
-            error = UpstreamUnavailable("The upstream provider could not be reached.")
-        self._refuse(ex, error)
-
-    def _failed_before_upstream(self, failure: Failure, ex: Exchange) -> None:
-        if failure.check(BridgeError):
-            self._refuse(ex, failure.value)
-        else:
-            self._crash(ex, failure)
-
-    def _refuse(self, ex: Exchange, error: BridgeError) -> None:
-        request = ex.request
-        if ex.route_error is not None and ex.initiator is None:
-            # The route was refused already; the credential was checked only
-            # to record who asked, and its own refusal changes no answer.
-            error = ex.route_error
-        reason = getattr(error, "reason", error.kind)
-        self.metrics.inc(f"refused:{error.status}:{reason}")
-        credential = ex.credential
-        self.log.info("Refused {method} {path}: {status} ({reason}) client={client} "
-                      "credential={credential_kind} hint={hint}",
-                      method=request.method.decode("latin-1", "replace"), path=_printable(request.path),
-                      status=error.status, reason=reason, client=ex.client.name,
-                      credential_kind=credential.source if credential is not None else "none",
-                      hint=credential.hint if credential is not None else "none")
-        if ex.initiator is not None:
-            # Authenticated: this belongs in the audit trail too.
-            self._record(ex, status=error.record_status, error=error.message, http_status=error.status)
-        if not request.finished and not ex.client_gone:
-            provider = ex.entry.provider if ex.entry is not None else None
-            write_error(request, provider, error)
-        self._close(ex)
-
-    def _crash(self, ex: Exchange, failure: Failure) -> None:
-        # The traceback names our code, never a header value: values are only
-        # ever passed as arguments, not formatted into exception messages.
-        self.log.failure("Unexpected error serving {id}", failure, id=ex.id)
-        self._refuse(ex, BridgeError("Internal error in the gateway."))
-
-    def _record(self, ex: Exchange, *, status: str, error: Optional[str] = None,
-                usage: Optional[Usage] = None, http_status: Optional[int] = None) -> None:
-        if ex.done:
-            return
-        ex.done = True
-        request = ex.request
-        if http_status is None and request.startedWriting:
-            http_status = request.code
-        initiator = ex.initiator
-        parsed = ex.parsed or {}
-        prompt = None
-        if ex.route and parsed and ex.entry is not None:
-            prompt = ex.entry.provider.prompt_of(ex.route, parsed)
-            if prompt is not None:
-                prompt = prompt[: self.config.recording.max_prompt_chars]
-        model = (usage.model if usage is not None and usage.model else None) or (
-            parsed.get("model") if isinstance(parsed.get("model"), str) else None)
-        user_agent = request.requestHeaders.getRawHeaders(b"user-agent")
-        record = Interception(
-            id=ex.id,
-            started_at=ex.started,
-            ended_at=self.clock.seconds(),
-            provider=ex.entry.provider.name if ex.entry is not None else "unknown",
-            route=ex.route or _printable(ex.subpath),
-            intercepted=bool(ex.route),
-            method=request.method.decode("latin-1", "replace"),
-            model=model,
-            streamed=ex.streamed,
-            client=ex.client.name,
-            client_session_id=ex.client.session_id,
-            user_agent=user_agent[0].decode("latin-1")[:512] if user_agent else None,
-            initiator_id=initiator.user_id if initiator else None,
-            initiator_username=initiator.username if initiator else None,
-            credential_user_id=initiator.credential_user_id if initiator else None,
-            credential_kind=ex.credential_kind,
-            credential_hint=mask_secret(ex.upstream_key) if ex.upstream_key else None,
-            upstream_status=ex.upstream_status,
-            http_status=http_status,
-            input_tokens=usage.input_tokens if usage else 0,
-            output_tokens=usage.output_tokens if usage else 0,
-            cache_read_tokens=usage.cache_read_tokens if usage else 0,
-            cache_write_tokens=usage.cache_write_tokens if usage else 0,
-            prompt=prompt,
-            tool_calls=usage.tool_calls if usage else (),
-            stop_reason=usage.stop_reason if usage else None,
-            error=_scrub(error, ex)[:_MAX_ERROR_CHARS] if error else None,
-            status=status if (usage is None or usage.complete or status != "ok") else "incomplete",
-        )
-        self.metrics.interception(record)
-        self.recorder.record(record)
-        if self.config.log_interceptions:
-            self._log_line(record)
-        self._close(ex)
-
-    def _log_line(self, record: Interception) -> None:
-        self.log.info(
-            "interception {id} initiator={initiator} client={client} provider={provider} route={route} "
-            "model={model} status={status} upstream_status={upstream_status} tokens_in={tokens_in} "
-            "tokens_out={tokens_out} duration_ms={duration_ms}",
-            id=record.id, initiator=record.initiator_username or record.initiator_id, client=record.client,
-            provider=record.provider, route=record.route, model=record.model, status=record.status,
-            upstream_status=record.upstream_status, tokens_in=record.input_tokens,
-            tokens_out=record.output_tokens, duration_ms=record.duration_ms)
-
-    def _close(self, ex: Exchange) -> None:
-        self.in_flight.discard(ex)
-        if not self.in_flight and self._drained:
-            waiting, self._drained = self._drained, []
-            for d in waiting:
-                d.callback(None)
-
-    def drain(self, grace: float) -> Deferred:
-        """
-        Fires when no request is in flight, or after C{grace} seconds; then
-        what is still running is stopped (and recorded as cut short).
-        """
-        d: Deferred = Deferred()
-        if not self.in_flight:
-            d.callback(None)
-            return d
-        self._drained.append(d)
-
-        def expired() -> None:
-            for ex in list(self.in_flight):
-                ex.shutdown = True
-                if ex.relay is not None:
-                    ex.relay.client_gone()
-                    ex.request.loseConnection()
-                elif ex.error_body is not None:
-                    ex.error_body.stop()
-                elif ex.pending is not None:
-                    ex.pending.cancel()
-                self._close(ex)
-        timer = self.clock.callLater(grace, expired)
-        d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
-        return d
-
-
-def _unknown_route(request: Any) -> NotFound:
-    return NotFound(f"Unknown route: {request.method.decode('latin-1', 'replace')} {_printable(request.path)}")
-
-
-def _printable(path: bytes) -> str:
-    """A path for a log line or message: no query string, no control characters."""
-    text = path.split(b"?", 1)[0].decode("latin-1", "replace")[:200]
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
-def _scrub(text: str, ex: Exchange) -> str:
-    """Remove the secrets this exchange knows from C{text} (an upstream may echo them)."""
-    central = ex.entry.config.key if ex.entry is not None else None
-    for secret in (ex.credential.token if ex.credential else None, ex.upstream_key, central):
-        if secret and len(secret) >= 6 and secret in text:
-            text = text.replace(secret, mask_secret(secret))
-    return text
-
-
-class _ErrorBody(Protocol):
-    """Collects an upstream error answer, masks our keys in it, then relays it."""
-
-    limit = 1024 * 1024
-    transport: Any
-
-    def __init__(self, ex: Exchange, bridge: Bridge, code: int):
-        self.ex, self.bridge, self.code = ex, bridge, code
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.timer: Any = None
-
-    def connectionMade(self) -> None:
-        # The stall timeout holds here too: an error body that never ends
-        # must not hold the client and an upstream connection for ever.
-        self.timer = self.bridge.clock.callLater(self.bridge.timeout, self.stop)
-
-    def stop(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.size <= self.limit:
-            self.chunks.append(data)
-            self.size += len(data)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        ex, request = self.ex, self.ex.request
-        body = b"".join(self.chunks)
-        text = body.decode("utf-8", "replace")
-        scrubbed = _scrub(text, ex)
-        if scrubbed != text:
-            body = scrubbed.encode("utf-8")
-        if ex.parser is not None:
-            ex.parser.feed(body)
-        if not ex.client_gone and request.channel is not None:
-            request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
-            request.write(body)
-            request.finish()
-        usage = ex.parser.finish() if ex.parser is not None else None
-        error = usage.error if usage is not None and usage.error else f"upstream status {self.code}"
-        self.bridge._record(ex, status="ok", error=error, usage=usage)
-
-
-class _Discard(Protocol):
-    """Takes an answer nobody is waiting for, and stops it."""
-
-    transport: Any
-
-    def connectionMade(self) -> None:
-        self.transport.stopProducing()
-
-
-class TokenBuckets:
-    """Per-key token buckets: C{rate} tokens a second, holding at most C{burst}."""
-
-    def __init__(self, clock: Any, rate: float, burst: int):
-        self.clock = clock
-        self.rate = rate
-        self.burst = float(burst)
-        self.buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, key: str) -> float:
-        """Take a token; return 0 if there was one, else the seconds until there is."""
-        now = self.clock.seconds()
-        tokens, last = self.buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens >= 1:
-            if len(self.buckets) > 100_000:
-                self.buckets.clear()
-            self.buckets[key] = (tokens - 1, now)
-            return 0.0
-        self.buckets[key] = (tokens, now)
-        return (1 - tokens) / self.rate
-
-
-class BridgeResource(Resource):
-    """The reverse-proxy resource: every path goes to the L{Bridge}."""
 
     isLeaf = True
+
+    def __init__(self, bridge: Bridge, name: Optional[bytes]):
+        super().__init__()
+        self.bridge = bridge
+        self.name = name
+
+    def render(self, request: Any) -> Any:
+        if self.name is None:
+            subpath = request.path
+        else:
+            rest = request.path.split(b"/")[1 + len(request.prepath):]
+            subpath = b"/" + b"/".join(rest) if rest else b""
+        self.bridge.handle(request, self.name, subpath)
+        return NOT_DONE_YET
+
+
+class _Branch(Resource):
+    """A branch of the tree whose unknown children, and itself, reach the pipeline as unknown paths."""
+
+    def __init__(self, unknown: ProviderResource):
+        super().__init__()
+        self.unknown = unknown
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        return self.unknown
+
+    def render(self, request: Any) -> Any:
+        return self.unknown.render(request)
+
+
+class ProvidersResource(Resource):
+    """One child per configured provider (looked up at each request: a reload may change them)."""
 
     def __init__(self, bridge: Bridge):
         super().__init__()
         self.bridge = bridge
+        self._leaves: dict[Optional[bytes], ProviderResource] = {}
 
     def render(self, request: Any) -> Any:
-        self.bridge.handle(request)
-        return NOT_DONE_YET
+        return self.leaf(None).render(request)
+
+    def leaf(self, name: Optional[bytes]) -> ProviderResource:
+        """The pipeline's resource for provider C{name} (L{None}: under no provider)."""
+        if name is not None and name not in self.bridge.providers:
+            name = None
+        found = self._leaves.get(name)
+        if found is None:
+            found = self._leaves[name] = ProviderResource(self.bridge, name)
+        return found
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        return self.leaf(path)
+
+
+class BridgeResource(ProvidersResource):
+    """
+    The root.  Paths are checked before anything else: an unsafe one goes
+    to the pipeline, which refuses it, whatever it would have reached.
+    """
+
+    def __init__(self, bridge: Bridge):
+        super().__init__(bridge)
+        unknown = self.leaf(None)
+        self.api = _Branch(unknown)
+        v2 = _Branch(unknown)
+        v2.putChild(b"aibridge", ProvidersResource(bridge))
+        self.api.putChild(b"v2", v2)
+        self._own: dict[bytes, Resource] = {}
+
+    def _endpoints(self) -> dict[bytes, Resource]:
+        own = self._own
+        if not own and self.bridge.api is not None:
+            endpoints = self.bridge.api
+            own[b"healthz"] = Endpoint(endpoints.health)
+            own[b"readyz"] = Endpoint(endpoints.ready)
+            own[b"metrics"] = Endpoint(endpoints.serve_metrics)
+            self.api.putChild(b"v1", ApiV1Resource(endpoints))
+        return own
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
+        if path in self.bridge.providers:
+            return self.leaf(path)
+        if unsafe_path(request.path) is not None:
+            return self.leaf(None)
+        if path == b"api":
+            self._endpoints()
+            return self.api
+        return self._endpoints().get(path) or self.leaf(None)
+
+
+__all__ = ["Bridge", "BridgeResource", "ProviderEntry", "ProviderResource"]

@@ -1,98 +1,21 @@
-# -*- test-case-name: tests.test_forward -*-
+# -*- test-case-name: tests.test_relay -*-
 """
-Talking to the upstream: the connection pool, the request body, and the
-relay that streams the answer back with back-pressure, a stall timeout and
-cancellation.
+The protocols an upstream's answer is delivered to: the relay that streams
+it to the client with back-pressure, a stall timeout and cancellation; the
+reader of an error answer (read whole, so that a key it repeats can be
+masked); and the discard of an answer nobody waits for.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import succeed
-from twisted.internet.ssl import Certificate
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone, _StandardEndpointFactory,
-)
+from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
-
-from bridgeproxy.config import UpstreamConfig
-
-
-@implementer(IBodyProducer)
-class BytesProducer:
-    """
-    A request body already in memory, written in one go.
-
-    (L{twisted.web.client.FileBodyProducer} goes through a cooperator
-    and costs a reactor turn per request.)
-    """
-
-    def __init__(self, body: bytes):
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> Any:
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
-@implementer(IAgentEndpointFactory)
-class CachingEndpointFactory:
-    """
-    Agent's standard endpoint factory, remembering the endpoint per
-    scheme, host and port: the upstreams are a handful of fixed hosts, and
-    building an endpoint (IDNA-encoding the host, making the TLS creator)
-    for every request costs more than the rest of the request set-up.
-    """
-
-    def __init__(self, reactor: Any, tls_policy: Any, connect_timeout: float):
-        self._standard = _StandardEndpointFactory(reactor, tls_policy, connect_timeout, None)
-        self._endpoints: dict[tuple, Any] = {}
-
-    def endpointForURI(self, uri: Any) -> Any:
-        key = (uri.scheme, uri.host, uri.port)
-        endpoint = self._endpoints.get(key)
-        if endpoint is None:
-            endpoint = self._endpoints[key] = self._standard.endpointForURI(uri)
-        return endpoint
-
-
-def make_agent(reactor: Any, config: UpstreamConfig, tls_policy: Any = None) -> Agent:
-    """
-    An L{Agent} over a persistent connection pool sized by the config
-    (treq's default pool keeps only 2 idle connections per host).
-    Upstream TLS is verified (service-identity, through Twisted's
-    L{BrowserLikePolicyForHTTPS}) against the system's CAs, or against
-    C{[upstream] ca_file} when set.
-    """
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = config.max_connections_per_host
-    pool.cachedConnectionTimeout = config.idle_connection_seconds  # type: ignore[assignment]
-    if tls_policy is None:
-        trust = None
-        if config.ca_file:
-            with open(config.ca_file, "rb") as f:
-                trust = Certificate.loadPEM(f.read())
-        tls_policy = BrowserLikePolicyForHTTPS(trustRoot=trust)
-    policy = tls_policy
-    factory = CachingEndpointFactory(reactor, policy, config.connect_timeout)
-    return Agent.usingEndpointFactory(reactor, factory, pool=pool)
-
 
 #: How a relay ended.
 COMPLETE = "complete"
@@ -253,4 +176,55 @@ class Relay(Protocol):
         self.transport.stopProducing()
 
 
-__all__ = ["BytesProducer", "Relay", "make_agent"]
+
+class ErrorBody(Protocol):
+    """
+    Reads an upstream's error answer whole (up to C{limit} bytes; the rest
+    is dropped), then hands it to C{on_done}.  The stall timeout holds here
+    too: an error body that never ends must not hold the client and an
+    upstream connection for ever.
+    """
+
+    transport: Any
+
+    def __init__(self, clock: Any, timeout: float, limit: int, on_done: Callable[[bytes], None]):
+        self.clock = clock
+        self.timeout = timeout
+        self.limit = limit
+        self.on_done = on_done
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.timer: Any = None
+
+    def connectionMade(self) -> None:
+        self.timer = self.clock.callLater(self.timeout, self.stop)
+
+    def stop(self) -> None:
+        """Stop reading (the client left, or the body stalled)."""
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        room = self.limit - self.size
+        if room > 0:
+            kept = data[:room]
+            self.chunks.append(kept)
+            self.size += len(kept)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        self.on_done(b"".join(self.chunks))
+
+
+class Discard(Protocol):
+    """Takes an answer nobody is waiting for, and stops it."""
+
+    transport: Any
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+
+__all__ = ["COMPLETE", "CLIENT_GONE", "Discard", "ErrorBody", "Relay", "STALLED", "TRUNCATED", "UPSTREAM_BROKE"]

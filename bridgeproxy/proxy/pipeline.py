@@ -1,0 +1,455 @@
+# -*- test-case-name: tests.test_pipeline -*-
+"""
+The request's way through the bridge, in one straight line:
+
+route -> extract credential -> detect client -> resolve initiator ->
+limits -> clean headers -> forward (treq) -> relay (+ tap for recording) -> record.
+
+The resource tree (L{bridgeproxy.proxy.resource}) finds the provider and
+hands the request here; each arrow is one call into one module.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Mapping, Optional, Sequence
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import UNKNOWN_LENGTH
+
+from bridgeproxy.auth import extract_credential
+from bridgeproxy.clients import detect_client
+from bridgeproxy.config import Config, ProviderConfig
+from bridgeproxy.errors import (
+    AuthenticationFailed, BadRequest, BridgeError, NotFound, PayloadTooLarge, UpgradeNotSupported,
+    UpstreamTimeout, UpstreamUnavailable,
+)
+from bridgeproxy.metrics import Metrics
+from bridgeproxy.proxy import records
+from bridgeproxy.proxy.errors import write_error
+from bridgeproxy.proxy.exchange import Exchange
+from bridgeproxy.proxy.headers import (
+    add_actor_headers, add_forwarded, apply_credential, copy_response_headers, drop_token, drop_token_from_query,
+    upstream_headers,
+)
+from bridgeproxy.proxy.limits import Limits
+from bridgeproxy.proxy.relay import COMPLETE, TRUNCATED, UPSTREAM_BROKE, Discard, ErrorBody, Relay
+from bridgeproxy.proxy.routing import Passthrough, unsafe_path
+from bridgeproxy.proxy.upstream import Upstream
+from bridgeproxy.types import Initiator, Interception, Usage
+
+#: Subpaths of a provider's base that answer a HEAD probe.
+_BASE_PATHS = frozenset({b"", b"/", b"/v1", b"/v1/"})
+_METHODS_WITH_BODY = frozenset({b"POST", b"PUT", b"PATCH"})
+#: An upstream error answer is read whole (to mask keys in it) up to this size.
+MAX_ERROR_BODY = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ProviderEntry:
+    """A configured provider: its plugin and its settings."""
+
+    provider: Any
+    config: ProviderConfig
+
+    @cached_property
+    def passthrough(self) -> Passthrough:
+        """The allow-list: the configured one, else the provider's own, plus the configured extras."""
+        rules = self.config.passthrough if self.config.passthrough is not None else self.provider.passthrough
+        return Passthrough.parse(tuple(rules) + tuple(self.config.passthrough_extra))
+
+
+class Bridge:
+    """
+    The pipeline, holding the parts the plugin chains and the config chose.
+
+    @param agent: the L{twisted.web.iweb.IAgent} beneath treq for the
+        upstream requests.
+    @param clock: an L{IReactorTime}.
+    @param recorder: anything with C{record(Interception)}.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config, *, providers: Mapping[str, ProviderEntry],
+                 extractors: Sequence[Any], resolvers: Sequence[Any], detectors: Sequence[Any],
+                 agent: Any, clock: Any, recorder: Any, metrics: Optional[Metrics] = None):
+        self.agent = agent
+        self.upstream = Upstream(agent, clock)
+        self.clock = clock
+        self.recorder = recorder
+        self.metrics = metrics if metrics is not None else Metrics()
+        #: The bridge's own endpoints (L{bridgeproxy.api.BridgeAPI}), if any.
+        self.api: Any = None
+        #: Requests being served, for the shutdown drain and the limits.
+        self.in_flight: set[Exchange] = set()
+        self._drained: list[Deferred] = []
+        self.reconfigure(config, providers=providers, extractors=extractors, resolvers=resolvers,
+                         detectors=detectors)
+
+    def reconfigure(self, config: Config, *, providers: Mapping[str, ProviderEntry],
+                    extractors: Sequence[Any], resolvers: Sequence[Any], detectors: Sequence[Any]) -> None:
+        """
+        Serve new requests with a new configuration and chains (a reload).
+
+        Requests in flight finish with what they started with; the rate
+        limiter keeps its buckets unless the limits changed.
+        """
+        old = getattr(self, "config", None)
+        self.config = config
+        self.providers = {name.encode("ascii"): entry for name, entry in providers.items()}
+        self.extractors = tuple(extractors)
+        self.resolvers = tuple(resolvers)
+        self.detectors = tuple(detectors)
+        self.timeout = config.upstream.timeout
+        self._bridge_headers = tuple(config.auth.coder_token_headers)
+        if old is None or old.limits != config.limits:
+            self.limits = Limits(config.limits, self.clock)
+
+    # -- the straight line -----------------------------------------------------------
+
+    def handle(self, request: Any, provider: Optional[bytes], subpath: bytes) -> None:
+        """
+        Serve C{request} for C{provider} (its prefix; L{None} for a path under
+        no provider), C{subpath} being the raw path after the prefix.  Always
+        answers the request, one way or another.
+        """
+        ex = Exchange(request=request, started=self.clock.seconds(), subpath=subpath)
+        ex.entry = self.providers.get(provider) if provider is not None else None
+        self.in_flight.add(ex)
+        try:
+            ex.route_error = self._route(ex)
+            if ex.answered:  # a probe
+                self._close(ex)
+                return
+            self.limits.check_concurrency(len(self.in_flight))
+            credential = extract_credential(self.extractors, request)
+            if credential is None:
+                raise ex.route_error or AuthenticationFailed(
+                    "No API key provided. Send your bridge key as a Bearer token, in X-Api-Key, "
+                    "or in X-Coder-Token.", reason="missing")
+            ex.credential = credential
+            ex.client = detect_client(self.detectors, request, ex.parsed)
+            outcome = self._resolve(ex, 0, None)
+        except BridgeError as error:
+            self._refuse(ex, error)
+            return
+        except Exception:
+            self._crash(ex, Failure())
+            return
+        if isinstance(outcome, Deferred):
+            outcome.addCallback(self._forward, ex)
+            outcome.addErrback(self._failed_before_upstream, ex)
+        else:
+            try:
+                self._forward(outcome, ex)
+            except BridgeError as error:
+                self._refuse(ex, error)
+            except Exception:
+                self._crash(ex, Failure())
+
+    def _route(self, ex: Exchange) -> Optional[BridgeError]:
+        """
+        Check the path, find the route, read and check the body.
+
+        @return: the refusal this request will get (after its credential is
+            checked), or L{None}.  A probe is answered here (C{ex.answered}).
+        """
+        request, entry = ex.request, ex.entry
+        # Before anything else: an upstream must never see a path that it
+        # could normalise into one the allow-list does not allow.
+        unsafe = unsafe_path(request.path)
+        if unsafe is not None:
+            return BadRequest(f"Refused path: {unsafe}.")
+        if not request.uri.isascii():
+            return BadRequest("Refused query string: it contains a byte that is not ASCII.")
+        if entry is None:
+            return _unknown_route(request)
+        if request.requestHeaders.hasHeader(b"upgrade"):
+            return UpgradeNotSupported(
+                "WebSocket is not supported by this gateway; use HTTPS (server-sent events).")
+        method = request.method
+        if method == b"HEAD" and ex.subpath in _BASE_PATHS:
+            # Claude Code probes connectivity this way, without a credential.
+            request.setResponseCode(200)
+            request.finish()
+            ex.answered = True
+            return None
+        route = entry.provider.route(ex.subpath) if method == b"POST" else None
+        if route is None:
+            if not entry.passthrough.allows(method, ex.subpath):
+                return _unknown_route(request)
+            route = ""
+        ex.route = route
+        if getattr(request, "too_large", False):
+            return PayloadTooLarge(f"Request body is larger than {self.config.max_body_bytes} bytes.")
+        ex.body = request.content.read() if request.content is not None else b""
+        if route:
+            try:
+                parsed = json.loads(ex.body)
+            except ValueError:
+                return BadRequest("The request body is not valid JSON.")
+            if not isinstance(parsed, dict):
+                return BadRequest("The request body must be a JSON object.")
+            ex.parsed = parsed
+            ex.streamed = parsed.get("stream") is True
+            if self.config.recording.ask_stream_usage and ex.streamed:
+                rewritten = entry.provider.ask_stream_usage(route, parsed)
+                if rewritten is not None:
+                    ex.body = json.dumps(rewritten, separators=(",", ":")).encode("utf-8")
+        return None
+
+    def _resolve(self, ex: Exchange, start: int, initiator: Optional[Initiator]) -> Any:
+        """Run the resolvers from C{start}; synchronous until one returns a Deferred."""
+        resolvers = self.resolvers
+        for i in range(start, len(resolvers)):
+            result = resolvers[i].resolve(ex.request, ex.credential, ex.client, initiator)
+            if isinstance(result, Deferred):
+                return result.addCallback(self._resolve_from, ex, i + 1)
+            initiator = result
+        return initiator
+
+    def _resolve_from(self, initiator: Optional[Initiator], ex: Exchange, start: int) -> Any:
+        return self._resolve(ex, start, initiator)
+
+    def _forward(self, initiator: Optional[Initiator], ex: Exchange) -> None:
+        if initiator is None:
+            raise AuthenticationFailed("No user could be resolved for this API key.", reason="no_initiator")
+        ex.initiator = initiator
+        if ex.route_error is not None:
+            raise ex.route_error
+        self.limits.check_rate(initiator.user_id)
+        request, entry, credential = ex.request, ex.entry, ex.credential
+        assert entry is not None and credential is not None and ex.route is not None
+        intercepted = bool(ex.route)
+        headers = upstream_headers(request, intercepted=intercepted, bridge_headers=self._bridge_headers)
+        ex.credential_kind, ex.upstream_key = apply_credential(
+            headers, request, credential, entry.provider, entry.config.key, self.config.auth.allow_byok)
+        if drop_token(headers, credential.token):
+            self.metrics.inc("bridge_token_dropped")
+        if self.config.upstream.send_actor_headers:
+            add_actor_headers(headers, initiator)
+        if not intercepted:
+            add_forwarded(headers, request)
+        query = drop_token_from_query(request.uri.partition(b"?")[2], credential.token)
+        url = entry.provider.upstream_url(entry.config.base_url, ex.subpath, query)
+        body = ex.body if (ex.body or request.method in _METHODS_WITH_BODY) else None
+        ex.forwarded_at = self.clock.seconds()
+        ex.pending = self.upstream.request(request.method, url, headers, body)
+        ex.timer = self.clock.callLater(self.timeout, self._headers_timeout, ex)
+        request.notifyFinish().addErrback(self._client_gone, ex)
+        ex.pending.addCallbacks(self._respond, self._upstream_failed,
+                                callbackArgs=(ex,), errbackArgs=(ex,))
+
+    def _headers_timeout(self, ex: Exchange) -> None:
+        ex.timer = None
+        ex.timed_out = True
+        if ex.pending is not None:
+            ex.pending.cancel()
+
+    def _client_gone(self, failure: Failure, ex: Exchange) -> None:
+        ex.client_gone = True
+        ex.stop()
+
+    def _respond(self, response: Any, ex: Exchange) -> None:
+        ex.pending = None
+        ex.cancel_timer()
+        request, provider = ex.request, ex.entry.provider
+        ex.upstream_status = response.code
+        self.metrics.upstream_latency.labels(provider.name).observe(self.clock.seconds() - ex.forwarded_at)
+        if ex.client_gone:
+            response.deliverBody(Discard())
+            self._record(ex, status="client_disconnected", error="client disconnected before the answer")
+            return
+        content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
+        stream = content_type.startswith(b"text/event-stream")
+        request.setResponseCode(response.code, response.phrase)
+        copy_response_headers(response.headers, request.responseHeaders)
+        if response.length is not UNKNOWN_LENGTH and not stream:
+            request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % response.length])
+        if stream:
+            ex.streamed = True
+            self.metrics.streams_in_flight.inc()
+            request.responseHeaders.setRawHeaders(b"Cache-Control", [b"no-cache"])
+            request.responseHeaders.setRawHeaders(b"X-Accel-Buffering", [b"no"])
+        if ex.route:
+            ex.parser = provider.usage_parser(ex.route, stream)
+        if response.code >= 400 and not stream and ex.credential_kind == "centralized":
+            # An error may repeat the key it was sent: that key is ours, not
+            # the client's, so the answer is read whole and the key masked.
+            request.responseHeaders.removeHeader(b"Content-Length")
+            ex.error_body = ErrorBody(self.clock, self.timeout, MAX_ERROR_BODY,
+                                      lambda body: self._error_answered(ex, response.code, body))
+            response.deliverBody(ex.error_body)
+            return
+        route = ex.route or ""
+        tail = (lambda kind, message: provider.stream_error_event(route, kind, message)) if stream else None
+        parser = ex.parser
+        # A stream is whole once its terminal event went by, or once the
+        # upstream put an error event in it (the client has an error then).
+        terminal = (lambda: parser.complete or parser.error is not None) \
+            if stream and parser is not None else None
+        ex.relay = Relay(request, self.clock, self.timeout,
+                         parser.feed if parser is not None else None,
+                         lambda outcome, failure: self._relayed(ex, outcome, failure), tail, terminal)
+        response.deliverBody(ex.relay)
+        ex.relay.delivered()
+
+    def _error_answered(self, ex: Exchange, code: int, body: bytes) -> None:
+        """An upstream error answer, read whole: mask our keys in it, relay it, record it."""
+        text = body.decode("utf-8", "replace")
+        scrubbed = records.scrub(text, ex)
+        if scrubbed != text:
+            body = scrubbed.encode("utf-8")
+        parser = ex.parser
+        if parser is not None:
+            parser.feed(body)
+        request = ex.request
+        if not ex.client_gone and request.channel is not None:
+            request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+            request.write(body)
+            request.finish()
+        usage = parser.finish() if parser is not None else None
+        error = usage.error if usage is not None and usage.error else f"upstream status {code}"
+        self._record(ex, status="ok", error=error, usage=usage)
+
+    def _relayed(self, ex: Exchange, outcome: str, failure: Optional[Failure]) -> None:
+        usage = ex.parser.finish() if ex.parser is not None else None
+        relay = ex.relay
+        provider = ex.entry.provider.name
+        if relay.first_at is not None:
+            self.metrics.ttfb.labels(provider).observe(relay.first_at - ex.forwarded_at)
+        if relay.stall_tail is not None:
+            self.metrics.streams_in_flight.dec()
+        error = None
+        if outcome != COMPLETE:
+            if ex.shutdown:
+                outcome = "shutdown"
+            error = {"timeout": "upstream stalled past the timeout",
+                     "shutdown": "cut short by shutdown after the grace period",
+                     "client_disconnected": "client disconnected",
+                     TRUNCATED: "upstream ended the stream before its terminal event"}.get(
+                outcome, "upstream connection broke: " + (failure.getErrorMessage() if failure else ""))
+            self.log.info("Relay of {id} ended: {outcome}", id=ex.id, outcome=outcome)
+            if outcome == UPSTREAM_BROKE and relay.stall_tail is not None:
+                # A stream cut short is an incomplete answer, however it was cut.
+                outcome = TRUNCATED
+        elif usage is not None and usage.error:
+            error = usage.error
+        self._record(ex, status=outcome if outcome != COMPLETE else "ok", error=error, usage=usage)
+
+    # -- the ways out --------------------------------------------------------------
+
+    def _upstream_failed(self, failure: Failure, ex: Exchange) -> None:
+        ex.pending = None
+        ex.cancel_timer()
+        if ex.client_gone:
+            self._record(ex, status="client_disconnected", error="client disconnected before the answer")
+            return
+        if ex.timed_out:
+            error: BridgeError = UpstreamTimeout("The upstream did not answer in time.")
+        else:
+            reason = failure.getErrorMessage() if not failure.check(CancelledError) else "cancelled"
+            self.log.warn("Upstream {provider} unreachable for {id}: {reason}",
+                          provider=ex.entry.provider.name, id=ex.id, reason=records.scrub(reason, ex))
+            error = UpstreamUnavailable("The upstream provider could not be reached.")
+        self._refuse(ex, error)
+
+    def _failed_before_upstream(self, failure: Failure, ex: Exchange) -> None:
+        if failure.check(BridgeError):
+            self._refuse(ex, failure.value)
+        else:
+            self._crash(ex, failure)
+
+    def _refuse(self, ex: Exchange, error: BridgeError) -> None:
+        request = ex.request
+        if ex.route_error is not None and ex.initiator is None:
+            # The route was refused already; the credential was checked only
+            # to record who asked, and its own refusal changes no answer.
+            error = ex.route_error
+        reason = getattr(error, "reason", error.kind)
+        self.metrics.inc(f"refused:{error.status}:{reason}")
+        credential = ex.credential
+        self.log.info("Refused {method} {path}: {status} ({reason}) client={client} "
+                      "credential={credential_kind} hint={hint}",
+                      method=request.method.decode("latin-1", "replace"), path=records.printable(request.path),
+                      status=error.status, reason=reason, client=ex.client.name,
+                      credential_kind=credential.source if credential is not None else "none",
+                      hint=credential.hint if credential is not None else "none")
+        if ex.initiator is not None:
+            # Authenticated: this belongs in the audit trail too.
+            self._record(ex, status=error.record_status, error=error.message, http_status=error.status)
+        if not request.finished and not ex.client_gone:
+            provider = ex.entry.provider if ex.entry is not None else None
+            write_error(request, provider, error)
+        self._close(ex)
+
+    def _crash(self, ex: Exchange, failure: Failure) -> None:
+        # The traceback names our code, never a header value: values are only
+        # ever passed as arguments, not formatted into exception messages.
+        self.log.failure("Unexpected error serving {id}", failure, id=ex.id)
+        self._refuse(ex, BridgeError("Internal error in the gateway."))
+
+    def _record(self, ex: Exchange, *, status: str, error: Optional[str] = None,
+                usage: Optional[Usage] = None, http_status: Optional[int] = None) -> None:
+        if ex.done:
+            return
+        ex.done = True
+        request = ex.request
+        if http_status is None and request.startedWriting:
+            http_status = request.code
+        record = records.interception(ex, ended_at=self.clock.seconds(), status=status, error=error, usage=usage,
+                                      http_status=http_status,
+                                      max_prompt_chars=self.config.recording.max_prompt_chars)
+        self.metrics.interception(record)
+        self.recorder.record(record)
+        if self.config.log_interceptions:
+            self._log_line(record)
+        self._close(ex)
+
+    def _log_line(self, record: Interception) -> None:
+        self.log.info(
+            "interception {id} initiator={initiator} client={client} provider={provider} route={route} "
+            "model={model} status={status} upstream_status={upstream_status} tokens_in={tokens_in} "
+            "tokens_out={tokens_out} duration_ms={duration_ms}",
+            id=record.id, initiator=record.initiator_username or record.initiator_id, client=record.client,
+            provider=record.provider, route=record.route, model=record.model, status=record.status,
+            upstream_status=record.upstream_status, tokens_in=record.input_tokens,
+            tokens_out=record.output_tokens, duration_ms=record.duration_ms)
+
+    def _close(self, ex: Exchange) -> None:
+        self.in_flight.discard(ex)
+        if not self.in_flight and self._drained:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+    def drain(self, grace: float) -> Deferred:
+        """
+        Fires when no request is in flight, or after C{grace} seconds; then
+        what is still running is stopped (and recorded as cut short).
+        """
+        d: Deferred = Deferred()
+        if not self.in_flight:
+            d.callback(None)
+            return d
+        self._drained.append(d)
+
+        def expired() -> None:
+            for ex in list(self.in_flight):
+                ex.shutdown = True
+                ex.stop()
+                if ex.relay is not None:
+                    ex.request.loseConnection()
+                self._close(ex)
+        timer = self.clock.callLater(grace, expired)
+        d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+        return d
+
+
+def _unknown_route(request: Any) -> NotFound:
+    return NotFound(f"Unknown route: {request.method.decode('latin-1', 'replace')} {records.printable(request.path)}")

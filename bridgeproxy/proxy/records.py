@@ -1,0 +1,85 @@
+# -*- test-case-name: tests.test_pipeline -*-
+"""
+What an exchange becomes in the audit trail: its L{Interception}, and the
+masking of the secrets it knows out of any text it records.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from bridgeproxy.proxy.exchange import Exchange
+from bridgeproxy.types import Interception, Usage, mask_secret
+
+#: An error message is recorded up to this many characters.
+MAX_ERROR_CHARS = 1000
+#: A user agent is recorded up to this many characters.
+MAX_USER_AGENT_CHARS = 512
+
+
+def printable(path: bytes) -> str:
+    """A path for a log line or message: no query string, no control characters."""
+    text = path.split(b"?", 1)[0].decode("latin-1", "replace")[:200]
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def scrub(text: str, ex: Exchange) -> str:
+    """C{text} with the secrets this exchange knows masked (an upstream may echo them)."""
+    central = ex.entry.config.key if ex.entry is not None else None
+    for secret in (ex.credential.token if ex.credential else None, ex.upstream_key, central):
+        if secret and len(secret) >= 6 and secret in text:
+            text = text.replace(secret, mask_secret(secret))
+    return text
+
+
+def interception(ex: Exchange, *, ended_at: float, status: str, error: Optional[str],
+                 usage: Optional[Usage], http_status: Optional[int], max_prompt_chars: int) -> Interception:
+    """
+    The record of C{ex}.
+
+    @param status: how it ended; a stream whose parser did not see its end
+        is C{incomplete} even when the relay ended cleanly.
+    @param http_status: the status the client got, if it got one.
+    """
+    initiator = ex.initiator
+    parsed = ex.parsed or {}
+    provider = ex.entry.provider if ex.entry is not None else None
+    prompt = None
+    if ex.route and parsed and provider is not None:
+        prompt = provider.prompt_of(ex.route, parsed)
+        if prompt is not None:
+            prompt = prompt[:max_prompt_chars]
+    model = (usage.model if usage is not None and usage.model else None) or (
+        parsed.get("model") if isinstance(parsed.get("model"), str) else None)
+    request = ex.request
+    user_agent = request.requestHeaders.getRawHeaders(b"user-agent")
+    return Interception(
+        id=ex.id,
+        started_at=ex.started,
+        ended_at=ended_at,
+        provider=provider.name if provider is not None else "unknown",
+        route=ex.route or printable(ex.subpath),
+        intercepted=bool(ex.route),
+        method=request.method.decode("latin-1", "replace"),
+        model=model,
+        streamed=ex.streamed,
+        client=ex.client.name,
+        client_session_id=ex.client.session_id,
+        user_agent=user_agent[0].decode("latin-1")[:MAX_USER_AGENT_CHARS] if user_agent else None,
+        initiator_id=initiator.user_id if initiator else None,
+        initiator_username=initiator.username if initiator else None,
+        credential_user_id=initiator.credential_user_id if initiator else None,
+        credential_kind=ex.credential_kind,
+        credential_hint=mask_secret(ex.upstream_key) if ex.upstream_key else None,
+        upstream_status=ex.upstream_status,
+        http_status=http_status,
+        input_tokens=usage.input_tokens if usage else 0,
+        output_tokens=usage.output_tokens if usage else 0,
+        cache_read_tokens=usage.cache_read_tokens if usage else 0,
+        cache_write_tokens=usage.cache_write_tokens if usage else 0,
+        prompt=prompt,
+        tool_calls=usage.tool_calls if usage else (),
+        stop_reason=usage.stop_reason if usage else None,
+        error=scrub(error, ex)[:MAX_ERROR_CHARS] if error else None,
+        status=status if (usage is None or usage.complete or status != "ok") else "incomplete",
+    )

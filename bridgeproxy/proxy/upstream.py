@@ -1,0 +1,157 @@
+# -*- test-case-name: tests.test_upstream -*-
+"""
+Talking to the upstream: treq over a pooled, verified HTTP/1.1 agent.
+
+treq is the API every upstream request goes through.  A reverse proxy needs
+it to be transparent, so the client is set up to add nothing of its own:
+no cookie jar shared between users, no redirects followed (the client gets
+the 3xx), and no C{Accept-Encoding} added (the bridge reads intercepted
+answers as they stream; a client's own C{Accept-Encoding} on a passthrough
+route is kept).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.ssl import Certificate
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _StandardEndpointFactory
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer
+from zope.interface import implementer
+
+from bridgeproxy.config import UpstreamConfig
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """
+    A request body already in memory, written in one go.
+
+    (L{twisted.web.client.FileBodyProducer} goes through a cooperator
+    and costs a reactor turn per request.)
+    """
+
+    def __init__(self, body: bytes):
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> Any:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@implementer(IAgentEndpointFactory)
+class CachingEndpointFactory:
+    """
+    Agent's standard endpoint factory, remembering the endpoint per
+    scheme, host and port: the upstreams are a handful of fixed hosts, and
+    building an endpoint (IDNA-encoding the host, making the TLS creator)
+    for every request costs more than the rest of the request set-up.
+    """
+
+    def __init__(self, reactor: Any, tls_policy: Any, connect_timeout: float):
+        self._standard = _StandardEndpointFactory(reactor, tls_policy, connect_timeout, None)
+        self._endpoints: dict[tuple, Any] = {}
+
+    def endpointForURI(self, uri: Any) -> Any:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            endpoint = self._endpoints[key] = self._standard.endpointForURI(uri)
+        return endpoint
+
+
+def make_agent(reactor: Any, config: UpstreamConfig, tls_policy: Any = None) -> Agent:
+    """
+    An L{Agent} over a persistent connection pool sized by the config
+    (treq's default pool keeps only 2 idle connections per host).
+    Upstream TLS is verified (service-identity, through Twisted's
+    L{BrowserLikePolicyForHTTPS}) against the system's CAs, or against
+    C{[upstream] ca_file} when set.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = config.max_connections_per_host
+    pool.cachedConnectionTimeout = config.idle_connection_seconds  # type: ignore[assignment]
+    if tls_policy is None:
+        trust = None
+        if config.ca_file:
+            with open(config.ca_file, "rb") as f:
+                trust = Certificate.loadPEM(f.read())
+        tls_policy = BrowserLikePolicyForHTTPS(trustRoot=trust)
+    factory = CachingEndpointFactory(reactor, tls_policy, config.connect_timeout)
+    return Agent.usingEndpointFactory(reactor, factory, pool=pool)
+
+
+class _NoCookies(IndexableCookieJar):
+    """A cookie jar that keeps nothing: an upstream's cookie is its client's, never every user's."""
+
+    def set_cookie(self, cookie: Any) -> None:
+        pass
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+
+@implementer(IAgent)
+class _AsSent:
+    """
+    Below treq: takes back the C{Accept-Encoding: gzip} value treq's content
+    decoder appends to every request, so that the headers the pipeline
+    built are the headers the upstream gets.
+    """
+
+    def __init__(self, agent: Any):
+        self._agent = agent
+
+    def request(self, method: bytes, uri: bytes, headers: Optional[Headers] = None,
+                bodyProducer: Any = None) -> Deferred:
+        if headers is not None:
+            values = headers.getRawHeaders(b"accept-encoding")
+            if values and values[-1] == b"gzip":
+                if len(values) > 1:
+                    headers.setRawHeaders(b"accept-encoding", values[:-1])
+                else:
+                    headers.removeHeader(b"accept-encoding")
+        return self._agent.request(method, uri, headers, bodyProducer)
+
+
+class Upstream:
+    """
+    The upstream requests of the pipeline, made with treq.
+
+    @param agent: the L{IAgent} beneath treq: the pooled one of
+        L{make_agent}, or an in-memory one in tests
+        (L{treq.testing.RequestTraversalAgent}).
+    @param clock: the reactor treq is given (it would import the global one).
+    """
+
+    def __init__(self, agent: Any, clock: Any):
+        self.agent = agent
+        self._clock = clock
+        self._client = HTTPClient(_AsSent(agent), cookiejar=_NoCookies())
+
+    def request(self, method: bytes, url: bytes, headers: Headers, body: Optional[bytes]) -> Deferred:
+        """
+        Send one request; fires with the response (its body not read yet:
+        the caller delivers it to a protocol of its own, with back-pressure).
+        """
+        return self._client.request(
+            method.decode("ascii"), url, headers=headers,
+            data=BytesProducer(body) if body is not None else None,
+            allow_redirects=False, unbuffered=True, reactor=self._clock)
+
+
+__all__ = ["BytesProducer", "Upstream", "make_agent"]
