@@ -25,11 +25,14 @@ from bridgeproxy.interfaces import (
     IProvider,
     IUsageParser,
 )
+from bridgeproxy.providers.anthropic import AnthropicProvider
+from bridgeproxy.providers.openai import OpenAIProvider
 from bridgeproxy.types import ClientInfo, Credential, Identity, Initiator, Interception, ToolCall, Usage
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnthropicProvider",
     "AuthenticationFailed",
     "BadRequest",
     "BridgeError",
@@ -48,6 +51,7 @@ __all__ = [
     "Initiator",
     "Interception",
     "NotFound",
+    "OpenAIProvider",
     "PermissionDenied",
     "PluginContext",
     "ToolCall",

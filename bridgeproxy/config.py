@@ -28,7 +28,8 @@ class ProviderConfig:
     """One C{[providers.<name>]} table, with its key already read."""
 
     name: str
-    base_url: str
+    #: L{None}: the provider plugin's C{default_base_url}.
+    base_url: Optional[str]
     key: Optional[str] = field(default=None, repr=False)
     key_source: str = ""
     #: The passthrough allow-list (C{"METHODS /pattern"} rules); L{None}
@@ -36,6 +37,9 @@ class ProviderConfig:
     passthrough: Optional[tuple[str, ...]] = None
     #: Rules added to the list (the default one, or C{passthrough}).
     passthrough_extra: tuple[str, ...] = ()
+    #: The name of the L{bridgeproxy.IProvider} plugin serving this table
+    #: (by default the table's own name).
+    plugin: str = ""
 
 
 @dataclass(frozen=True)
@@ -215,10 +219,6 @@ def is_uuid4(value: str) -> bool:
 
 # -- providers ---------------------------------------------------------------
 
-_DEFAULT_BASES = {
-    "openai": "https://api.openai.com/v1",
-    "anthropic": "https://api.anthropic.com",
-}
 
 
 def _read_key(name: str, table: Mapping[str, Any], environ: Mapping[str, str], base_dir: str) -> tuple[Optional[str], str]:
@@ -255,17 +255,18 @@ def _providers(data: Mapping[str, Any], environ: Mapping[str, str], base_dir: st
         where = f"providers.{name}"
         if not isinstance(table, dict):
             raise ConfigError(f"[{where}] must be a table")
-        _check_keys(where, table, {"base_url", "key_env", "key_file", "key", "passthrough", "passthrough_extra"})
-        base = _typed(where, table, "base_url", str, _DEFAULT_BASES.get(name))
-        if not base:
-            raise ConfigError(f"{where}.base_url is required for a provider bridgeproxy has no default for")
-        if not base.startswith(("http://", "https://")):
+        _check_keys(where, table, {"base_url", "key_env", "key_file", "key", "passthrough", "passthrough_extra",
+                                   "plugin"})
+        base = _typed(where, table, "base_url", str, None)
+        if base is not None and not base.startswith(("http://", "https://")):
             raise ConfigError(f"{where}.base_url must start with http:// or https://, got {base!r}")
+        plugin = _typed(where, table, "plugin", str, name)
         key, source = _read_key(name, table, environ, base_dir)
         passthrough = _rules(where, table, "passthrough")
         extra = _rules(where, table, "passthrough_extra") or ()
-        result[name] = ProviderConfig(name=name, base_url=base.rstrip("/"), key=key, key_source=source,
-                                      passthrough=passthrough, passthrough_extra=extra)
+        result[name] = ProviderConfig(name=name, base_url=base.rstrip("/") if base else None, key=key,
+                                      key_source=source, passthrough=passthrough, passthrough_extra=extra,
+                                      plugin=plugin)
     return result
 
 

@@ -126,5 +126,29 @@ class NotConfigured(BridgeError):
     record_status = "refused"
 
 
+#: Each neutral error kind in the OpenAI error shape: C{(type, code)}.
+OPENAI_ERRORS = {
+    "invalid_request": ("invalid_request_error", None),
+    "authentication": ("invalid_request_error", "invalid_api_key"),
+    "permission": ("permission_error", "forbidden"),
+    "not_found": ("invalid_request_error", "unknown_url"),
+    "request_too_large": ("invalid_request_error", "request_too_large"),
+    "rate_limit": ("rate_limit_error", "rate_limit_exceeded"),
+    "overloaded": ("server_error", "overloaded"),
+    "timeout": ("server_error", "upstream_timeout"),
+    "api_error": ("server_error", None),
+}
+
+
+def openai_error(kind: str, message: str) -> dict:
+    """
+    An error in the OpenAI shape (C{{"error": {"message", "type", "param",
+    "code"}}}): OpenAI's own, and the gateway's shape where no provider is
+    known (most clients read it).
+    """
+    type_, code = OPENAI_ERRORS.get(kind, OPENAI_ERRORS["api_error"])
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
 class ConfigError(Exception):
     """A configuration file or plugin selection that cannot be used."""

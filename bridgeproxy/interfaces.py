@@ -128,7 +128,11 @@ class IProvider(Interface):
     """
 
     name = Attribute("The provider's name, also its URL prefix (str).")
-    default_base_url = Attribute("Base URL used when the config names none (str).")
+    default_base_url = Attribute(
+        "Base URL used when the configuration gives none (str), or None when it must be configured.")
+    key_required = Attribute(
+        "Whether the gateway must have a key for this provider (bool); when False and none is configured, "
+        "requests go upstream without a provider credential.")
     passthrough = Attribute(
         "The default passthrough allow-list: a sequence of 'METHODS /path/pattern' rules (str) for "
         "paths forwarded without being parsed; anything neither intercepted nor allowed is refused "

@@ -126,8 +126,12 @@ def build_chains(config: Config, reactor: Any, store: Any, metrics: Metrics,
     providers = {}
     found = chain.available(IProvider, plugin_package)
     for name, provider_config in config.providers.items():
-        provider = chain.select(IProvider, [name], context, "providers", found=found)[0]
-        providers[name] = ProviderEntry(provider=provider, config=provider_config)
+        provider = chain.select(IProvider, [provider_config.plugin], context, f"providers.{name}", found=found)[0]
+        base_url = provider_config.base_url or provider.default_base_url
+        if not base_url:
+            raise ConfigError(f"providers.{name}.base_url is required: the {provider_config.plugin!r} "
+                              f"provider has no default")
+        providers[name] = ProviderEntry(provider=provider, config=replace(provider_config, base_url=base_url))
     extractors = chain.select(IAuthExtractor, config.auth.extractors, context, "auth.extractors", plugin_package)
     resolvers = chain.select(IInitiatorResolver, config.initiator.resolvers, context,
                              "initiator.resolvers", plugin_package)

@@ -203,8 +203,13 @@ class Running:
 
 @defer.inlineCallbacks
 def start_bridge(tmp_path, extra: Optional[dict] = None, environ: Optional[dict] = None,
-                 upstream: Optional[FakeUpstream] = None, plugin_package: Any = None):
-    """Start a fake upstream and a bridge in front of it; return a L{Running}."""
+                 upstream: Optional[FakeUpstream] = None, plugin_package: Any = None,
+                 extra_for: Optional[Callable[[str], dict]] = None):
+    """
+    Start a fake upstream and a bridge in front of it; return a L{Running}.
+
+    @param extra_for: makes more configuration from the fake upstream's URL.
+    """
     upstream = upstream or FakeUpstream()
     up_site = server.Site(upstream)
     up_site.log = lambda request: None  # the provider's own logs are not ours to check
@@ -221,6 +226,8 @@ def start_bridge(tmp_path, extra: Optional[dict] = None, environ: Optional[dict]
         "recording": {"spool_path": os.path.join(str(tmp_path), "spool.jsonl"), "flush_interval": 0.05},
         "upstream": {"timeout": 5},
     }
+    if extra_for is not None:
+        extra = {**(extra or {}), **extra_for(up_url)}
     for key, value in (extra or {}).items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             data[key] = {**data[key], **value}

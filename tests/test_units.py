@@ -212,7 +212,6 @@ def test_owner_resolver_gate():
     ({"initiator": {"delegators": ["not-a-uuid"]}}, "initiator.delegators"),
     ({"providers": {"openai": {"key": "sk-x"}}}, "providers.openai.key is not allowed"),
     ({"providers": {"openai": {"base_url": "ftp://x"}}}, "providers.openai.base_url"),
-    ({"providers": {"mistral": {}}}, "providers.mistral.base_url is required"),
     ({"database": "mysql://x"}, "database must be"),
     ({"recording": {"batch_size": True}}, "recording.batch_size must be int"),
 ])

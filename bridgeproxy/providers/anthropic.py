@@ -107,6 +107,7 @@ class AnthropicProvider:
 
     name = "anthropic"
     default_base_url = "https://api.anthropic.com"
+    key_required = True
     routes = {b"/v1/messages": "messages"}
     #: Passed through with the gateway's key; anything else is refused.
     passthrough = (

@@ -11,27 +11,9 @@ from typing import Any, Optional
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
+from bridgeproxy.errors import openai_error
 from bridgeproxy.interfaces import IProvider
 from bridgeproxy.providers.base import UsageParser, as_int, dumps, get, route_of, text_of, tool_arguments
-
-_ERRORS = {
-    # kind: (type, code)
-    "invalid_request": ("invalid_request_error", None),
-    "authentication": ("invalid_request_error", "invalid_api_key"),
-    "permission": ("permission_error", "forbidden"),
-    "not_found": ("invalid_request_error", "unknown_url"),
-    "request_too_large": ("invalid_request_error", "request_too_large"),
-    "rate_limit": ("rate_limit_error", "rate_limit_exceeded"),
-    "overloaded": ("server_error", "overloaded"),
-    "timeout": ("server_error", "upstream_timeout"),
-    "api_error": ("server_error", None),
-}
-
-
-def openai_error(kind: str, message: str) -> dict:
-    type_, code = _ERRORS.get(kind, _ERRORS["api_error"])
-    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
-
 
 class ChatCompletionsParser(UsageParser):
     """Reads C{/chat/completions} answers, blocking or streamed."""
@@ -179,12 +161,13 @@ class OpenAIProvider:
     """The OpenAI API (and OpenAI-compatible upstreams)."""
 
     name = "openai"
-    default_base_url = "https://api.openai.com/v1"
+    default_base_url: Optional[str] = "https://api.openai.com/v1"
+    key_required = True
     routes = {b"/v1/chat/completions": "chat.completions", b"/v1/responses": "responses"}
     #: Passed through with the gateway's key; anything else is refused.
     #: Fine-tuning, files, batches and the organisation's admin endpoints
     #: are not here on purpose: the gateway's key may be an admin key.
-    passthrough = (
+    passthrough: tuple[str, ...] = (
         "GET /v1/models",
         "GET /v1/models/*",
         "* /v1/conversations",
@@ -243,3 +226,24 @@ class OpenAIProvider:
             return responses_prompt(body)
         return chat_prompt(body)
 
+
+
+@implementer(IPlugin, IProvider)
+class OpenAICompatibleProvider(OpenAIProvider):
+    """
+    Any server that speaks the OpenAI API (a local vLLM, Ollama, LM Studio,
+    a corporate gateway), at the C{base_url} its configuration gives, under
+    the prefix of its own table::
+
+        [providers.local]
+        plugin = "openai-compatible"
+        base_url = "http://127.0.0.1:8000/v1"
+
+    Its key is optional (local servers often need none: then no credential
+    is sent).  Only its model list is passed through by default.
+    """
+
+    name = "openai-compatible"
+    default_base_url = None
+    key_required = False
+    passthrough = ("GET /v1/models", "GET /v1/models/*")

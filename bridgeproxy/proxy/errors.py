@@ -9,8 +9,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any, Optional
 
-from bridgeproxy.errors import BridgeError
-from bridgeproxy.providers.openai import openai_error
+from bridgeproxy.errors import BridgeError, openai_error
 from bridgeproxy.providers.base import dumps
 
 

@@ -78,18 +78,20 @@ def apply_credential(
     headers: Headers,
     request: Any,
     credential: Credential,
-    provider: Any,
-    central_key: Optional[str],
+    entry: Any,
     allow_byok: bool,
-) -> tuple[str, str]:
+) -> tuple[str, Optional[str]]:
     """
     Put the right provider key in C{headers} (SPEC section 3's table).
 
+    @param entry: the provider and its configuration (its key).
     @return: C{(kind, key)}: C{"centralized"} or C{"byok"} and the key sent
-        (for the masked hint; never log it).
+        (for the masked hint; never log it), L{None} when the provider
+        needs none and none is configured.
     @raise PermissionDenied: a client's own key when BYOK is not allowed.
     @raise NotConfigured: no provider key configured where one is needed.
     """
+    provider = entry.provider
     if credential.source not in PROVIDER_KEY_SOURCES:
         authorization = bearer_token(single_header(request, "Authorization"))
         api_key = single_header(request, "X-Api-Key")
@@ -104,8 +106,11 @@ def apply_credential(
                 raise PermissionDenied(
                     "Using your own provider key is not allowed by this gateway.", reason="byok_disabled")
             return "byok", provider.set_client_key(headers, authorization, api_key)
+    central_key = entry.config.key
     if not central_key:
-        raise NotConfigured(f"No {provider.name} key is configured on this gateway.")
+        if provider.key_required:
+            raise NotConfigured(f"No {entry.name} key is configured on this gateway.")
+        return "centralized", None
     provider.set_central_key(headers, central_key)
     return "centralized", central_key
 

@@ -56,6 +56,11 @@ class ProviderEntry:
     provider: Any
     config: ProviderConfig
 
+    @property
+    def name(self) -> str:
+        """The configured name: the URL prefix, and what records and metrics say."""
+        return self.config.name
+
     @cached_property
     def passthrough(self) -> Passthrough:
         """The allow-list: the configured one, else the provider's own, plus the configured extras."""
@@ -228,7 +233,7 @@ class Bridge:
         intercepted = bool(ex.route)
         headers = upstream_headers(request, intercepted=intercepted, bridge_headers=self._bridge_headers)
         ex.credential_kind, ex.upstream_key = apply_credential(
-            headers, request, credential, entry.provider, entry.config.key, self.config.auth.allow_byok)
+            headers, request, credential, entry, self.config.auth.allow_byok)
         if drop_token(headers, credential.token):
             self.metrics.inc("bridge_token_dropped")
         if self.config.upstream.send_actor_headers:
@@ -260,7 +265,7 @@ class Bridge:
         ex.cancel_timer()
         request, provider = ex.request, ex.entry.provider
         ex.upstream_status = response.code
-        self.metrics.upstream_latency.labels(provider.name).observe(self.clock.seconds() - ex.forwarded_at)
+        self.metrics.upstream_latency.labels(ex.entry.name).observe(self.clock.seconds() - ex.forwarded_at)
         if ex.client_gone:
             response.deliverBody(Discard())
             self._record(ex, status="client_disconnected", error="client disconnected before the answer")
@@ -320,7 +325,7 @@ class Bridge:
     def _relayed(self, ex: Exchange, outcome: str, failure: Optional[Failure]) -> None:
         usage = ex.parser.finish() if ex.parser is not None else None
         relay = ex.relay
-        provider = ex.entry.provider.name
+        provider = ex.entry.name
         if relay.first_at is not None:
             self.metrics.ttfb.labels(provider).observe(relay.first_at - ex.forwarded_at)
         if relay.stall_tail is not None:
@@ -355,7 +360,7 @@ class Bridge:
         else:
             reason = failure.getErrorMessage() if not failure.check(CancelledError) else "cancelled"
             self.log.warn("Upstream {provider} unreachable for {id}: {reason}",
-                          provider=ex.entry.provider.name, id=ex.id, reason=records.scrub(reason, ex))
+                          provider=ex.entry.name, id=ex.id, reason=records.scrub(reason, ex))
             error = UpstreamUnavailable("The upstream provider could not be reached.")
         self._refuse(ex, error)
 

@@ -57,7 +57,7 @@ def interception(ex: Exchange, *, ended_at: float, status: str, error: Optional[
         id=ex.id,
         started_at=ex.started,
         ended_at=ended_at,
-        provider=provider.name if provider is not None else "unknown",
+        provider=ex.entry.name if ex.entry is not None else "unknown",
         route=ex.route or printable(ex.subpath),
         intercepted=bool(ex.route),
         method=request.method.decode("latin-1", "replace"),

@@ -7,7 +7,7 @@ from bridgeproxy.auth import ApiKeyExtractor, BearerExtractor, CoderTokenExtract
 from bridgeproxy.identity import KeystorePlugin
 from bridgeproxy.initiator import CoderAgentsOwnerResolver, TokenResolver
 from bridgeproxy.providers.anthropic import AnthropicProvider
-from bridgeproxy.providers.openai import OpenAIProvider
+from bridgeproxy.providers.openai import OpenAICompatibleProvider, OpenAIProvider
 
 coderToken = CoderTokenExtractor()
 authorizationBearer = BearerExtractor()
@@ -15,5 +15,6 @@ xApiKey = ApiKeyExtractor()
 tokenResolver = TokenResolver()
 coderAgentsOwner = CoderAgentsOwnerResolver()
 openaiProvider = OpenAIProvider()
+openaiCompatibleProvider = OpenAICompatibleProvider()
 anthropicProvider = AnthropicProvider()
 keystore = KeystorePlugin()
