@@ -188,15 +188,27 @@ class Gateway:
 
     def send(self, method: str, path: str, body: Any = None, headers: Optional[dict] = None) -> Answer:
         """Send a well-formed request; a dict body is JSON."""
-        data = json.dumps(body).encode() if isinstance(body, (dict, list)) else (body or b"")
-        lines = [f"{method} {path} HTTP/1.1".encode("latin-1"), b"Host: bridge.test",
-                 b"Connection: close", b"Content-Length: %d" % len(data)]
-        for name, value in (headers or {}).items():
-            for one in value if isinstance(value, list) else [value]:
-                lines.append(f"{name}: {one}".encode("latin-1"))
-        answer = self.send_raw(b"\r\n".join(lines) + b"\r\n\r\n" + data)
+        answer = self.send_raw(request_bytes(method, path, body, headers))
         assert answer is not None, "no answer was written"
         return answer
+
+    def open(self, method: str, path: str, body: Any = None, headers: Optional[dict] = None):
+        """Send a request and leave its connection open: C{(protocol, transport)}, to drive with the clock."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(request_bytes(method, path, body, headers))
+        self.pump()
+        return protocol, transport
+
+
+def request_bytes(method: str, path: str, body: Any = None, headers: Optional[dict] = None) -> bytes:
+    """A well-formed HTTP/1.1 request; a dict body is JSON."""
+    data = json.dumps(body).encode() if isinstance(body, (dict, list)) else (body or b"")
+    lines = [f"{method} {path} HTTP/1.1".encode("latin-1"), b"Host: bridge.test",
+             b"Connection: close", b"Content-Length: %d" % len(data)]
+    for name, value in (headers or {}).items():
+        for one in value if isinstance(value, list) else [value]:
+            lines.append(f"{name}: {one}".encode("latin-1"))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + data
 
 
 class _Records:

@@ -355,3 +355,113 @@ def test_refusal_log_line_names_the_credential_kind(events, headers, kind):
     text = log_text(events)
     assert f"credential={kind} " in text
     assert "bp_unknown-key-0123456789" not in text
+
+
+# -- timers, drains and caps on the fake clock ------------------------------------------
+
+
+def test_mid_stream_stall_ends_with_the_error_event_and_cancels_the_upstream():
+    """A stream that goes silent for the timeout gets the provider's error event; the upstream request is
+    cancelled; the record says timeout with the tokens so far."""
+    g = memory.gateway({"upstream": {"timeout": 5}})
+    g.upstream.handler = memory.sse_answer(MESSAGES_EVENTS[:1], "hang")
+    protocol, transport = g.open("POST", "/anthropic/v1/messages", {**MESSAGES, "stream": True}, BEARER)
+    g.clock.advance(4.9)
+    g.pump()
+    assert g.records == [] and g.upstream.lost == []
+    g.clock.advance(0.2)
+    g.pump()
+    answer = memory.parse_answer(transport.value())
+    assert answer.body.startswith(MESSAGES_EVENTS[0])
+    assert error_tail("messages", answer.body[len(MESSAGES_EVENTS[0]):])["type"] == "timeout_error"
+    assert g.upstream.lost == g.upstream.requests
+    (record,) = g.records
+    assert (record.status, record.input_tokens) == ("timeout", 25)
+
+
+def test_drain_waits_then_cuts_what_is_left():
+    """drain(grace) fires at once with nothing in flight; with a stream open it waits, then cuts it at the
+    grace period, records it as shutdown and closes the client's connection."""
+    g = memory.gateway()
+    fired = []
+    g.bridge.drain(10).addCallback(fired.append)
+    assert fired == [None]
+    g.upstream.handler = memory.sse_answer(CHAT_EVENTS[:1], "hang")
+    protocol, transport = g.open("POST", "/openai/v1/chat/completions", {**CHAT, "stream": True}, BEARER)
+    drained = []
+    g.bridge.drain(10).addCallback(drained.append)
+    g.clock.advance(9.9)
+    assert drained == [] and len(g.bridge.in_flight) == 1
+    g.clock.advance(0.2)
+    g.pump()
+    assert drained == [None] and g.bridge.in_flight == set()
+    assert transport.disconnecting
+    assert g.records[0].status == "shutdown"
+    assert g.upstream.lost == g.upstream.requests
+
+
+def test_drain_fires_when_the_last_request_ends():
+    """A drain fires as soon as the requests in flight end, before its grace period, and leaves no timer."""
+    g = memory.gateway({"upstream": {"timeout": 30}})
+    from twisted.web.server import NOT_DONE_YET
+    g.upstream.handler = lambda request: NOT_DONE_YET
+    g.open("POST", "/openai/v1/chat/completions", CHAT, BEARER)
+    drained = []
+    g.bridge.drain(60).addCallback(drained.append)
+    request = g.upstream.requests[0]
+    request.write(b'{"ok": 1}')
+    request.finish()
+    g.pump()
+    assert drained == [None] and g.records[0].status == "ok"
+    assert all(not call.active() or call.getTime() > 60 for call in g.clock.getDelayedCalls())
+
+
+def test_prompt_is_cut_to_max_prompt_chars():
+    """The recorded prompt is the last user prompt, cut to [recording] max_prompt_chars."""
+    g = memory.gateway({"recording": {"max_prompt_chars": 5}})
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "first"},
+                                            {"role": "user", "content": "0123456789"}]}
+    g.send("POST", "/openai/v1/chat/completions", body, BEARER)
+    assert g.records[0].prompt == "01234"
+
+
+def test_upstream_error_body_is_capped():
+    """An upstream error answer is relayed up to its cap (1 MiB), with a Content-Length that says so."""
+    from bridgeproxy.proxy.pipeline import MAX_ERROR_BODY
+    g = memory.gateway()
+
+    def huge_error(request):
+        request.setResponseCode(500)
+        request.setHeader(b"content-type", b"application/json")
+        return b"x" * (MAX_ERROR_BODY + 4096)
+    g.upstream.handler = huge_error
+    answer = g.send("POST", "/openai/v1/chat/completions", CHAT, BEARER)
+    assert answer.status == 500
+    assert len(answer.body) == MAX_ERROR_BODY
+    assert answer.headers["content-length"] == [str(MAX_ERROR_BODY).encode()]
+
+
+def test_chunked_body_over_the_cap_is_413():
+    """A chunked request body that grows past max_body_bytes is 413; the upstream is not contacted."""
+    g = memory.gateway({"max_body_bytes": 100})
+    head = (b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: b\r\nConnection: close\r\n"
+            b"Transfer-Encoding: chunked\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n\r\n")
+    chunk = b'{"model":"gpt-4o","messages":[],"pad":"' + b"x" * 60
+    body = b"%x\r\n%s\r\n" % (len(chunk), chunk) + b"%x\r\n%s\r\n" % (len(chunk), chunk) + b"0\r\n\r\n"
+    answer = g.send_raw(head + body)
+    assert answer.status == 413
+    assert answer.json()["error"]["code"] == "request_too_large"
+    assert g.upstream.seen == []
+    small = b'{"model":"gpt-4o","messages":[]}'
+    answer = g.send_raw(head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(small), small))
+    assert answer.status == 200 and g.upstream.seen[0].body == small
+
+
+def test_ttfb_and_latency_metrics_are_observed():
+    """A relayed answer observes the upstream latency and time-to-first-byte histograms for its provider."""
+    g = memory.gateway()
+    g.send("POST", "/anthropic/v1/messages", MESSAGES, BEARER)
+    text = g.bridge.metrics.exposition().decode()
+    assert 'bridgeproxy_upstream_ttfb_seconds_count{provider="anthropic"} 1.0' in text
+    assert 'bridgeproxy_upstream_latency_seconds_count{provider="anthropic"} 1.0' in text
+    assert 'bridgeproxy_requests_total{client="Unknown",provider="anthropic",route="messages",status="ok"} 1.0' in text

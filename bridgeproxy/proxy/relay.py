@@ -79,7 +79,9 @@ class Relay(Protocol):
         self._timer = self.clock.callLater(self.timeout, self._check_stall)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._finished:
+        # Once an outcome is decided (the client left, the stream stalled and
+        # got its error tail), bytes still on their way are not relayed.
+        if self._finished or self.outcome is not None:
             return
         self._last = self.clock.seconds()
         if self.first_at is None:
