@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.test_units -*-
 """
 The configuration file (TOML) turned into a frozen L{Config}.
 

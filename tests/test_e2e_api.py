@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from bridgeproxy.recording import Retention
 from tests import fakes
 from tests.http import call
-from tests.test_store import PG_URL, drop_pg_schema, pg_schema
+from tests.pg import PG_URL, drop_pg_schema, pg_schema
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -7,7 +7,7 @@ import pytest_twisted
 
 from tests import fakes
 from tests.http import call
-from tests.test_e2e_sdks import MESSAGE_JSON
+from tests.payloads import MESSAGE_JSON
 
 
 def series(text: str, name: str) -> dict:

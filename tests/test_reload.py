@@ -16,7 +16,7 @@ from bridgeproxy.store import Database
 from tests import fakes
 from tests.http import call
 from tests.procs import free_port, spawn_twistd, start_upstream_and_key, wait_for_log, wait_for_port
-from tests.test_e2e_streaming import ANTHROPIC_EVENTS, STREAM_MESSAGES, Collector, open_stream
+from tests.streams import ANTHROPIC_EVENTS, STREAM_MESSAGES, Collector, open_stream
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 CHAT_ANSWER = {"id": "c", "model": "gpt-4o", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}

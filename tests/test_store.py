@@ -4,9 +4,7 @@ The store, the same behaviour on SQLite and on a real PostgreSQL server
 """
 
 import json
-import os
 import time
-import uuid
 
 import pytest
 from twisted.internet.defer import fail, succeed
@@ -16,31 +14,7 @@ from bridgeproxy.config import RecordingConfig
 from bridgeproxy.recording import Recorder
 from bridgeproxy.store import Database
 from bridgeproxy.types import Interception, ToolCall
-
-PG_URL = os.environ.get("BRIDGEPROXY_TEST_POSTGRES")
-
-
-def pg_schema() -> tuple[str, str]:
-    """
-    A fresh schema on the test server: C{(url using it, schema)}.  Fails in
-    CI when there is no server (scripts/test starts one); skips loudly elsewhere.
-    """
-    if not PG_URL:
-        if os.environ.get("CI"):
-            pytest.fail("BRIDGEPROXY_TEST_POSTGRES is not set in CI: .ci/run must start PostgreSQL")
-        pytest.skip("PostgreSQL NOT TESTED: set BRIDGEPROXY_TEST_POSTGRES (bash .ci/run does)")
-    import psycopg
-    schema = "t_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in PG_URL else "?"
-    return f"{PG_URL}{sep}options=-csearch_path%3D{schema}", schema
-
-
-def drop_pg_schema(schema: str) -> None:
-    import psycopg
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+from tests.pg import drop_pg_schema, pg_schema
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -129,7 +129,7 @@ def slow_sse(events, gap):
 @pytest_twisted.inlineCallbacks
 def test_sigterm_lets_stream_in_progress_finish(tmp_path, agent):
     """A stream in progress at SIGTERM completes (every event delivered) and is recorded before the process exits."""
-    from tests.test_e2e_streaming import ANTHROPIC_EVENTS, STREAM_MESSAGES, Collector, open_stream
+    from tests.streams import ANTHROPIC_EVENTS, STREAM_MESSAGES, Collector, open_stream
     port, up_port, upstream, config, token = start_upstream_and_key(tmp_path, slow_sse(ANTHROPIC_EVENTS, 0.25))
     proc = spawn_twistd(config, ["--logfile", str(tmp_path / "twistd.log"), "bridgeproxy", "--config", config])
     try:

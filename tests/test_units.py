@@ -21,7 +21,7 @@ from bridgeproxy.providers.openai import OpenAIProvider
 from bridgeproxy.sse import SSEParser
 from bridgeproxy.types import ClientInfo, Credential, Identity, Initiator, mask_secret
 from tests import fakes
-from tests.test_e2e_sdks import CHAT_CHUNKS, MESSAGE_EVENTS, RESPONSE_EVENTS
+from tests.payloads import CHAT_CHUNKS, MESSAGE_EVENTS, RESPONSE_EVENTS
 
 
 def request_with(headers: dict) -> DummyRequest:

@@ -20,7 +20,7 @@ from bridgeproxy import cli
 from bridgeproxy.store import Database
 from tests import fakes
 from tests.procs import ROOT, TWISTD, free_port, spawn_twistd, wait_for_log, wait_for_port, write_config
-from tests.test_e2e_streaming import ANTHROPIC_EVENTS, STREAM_MESSAGES, Collector, open_stream
+from tests.streams import ANTHROPIC_EVENTS, STREAM_MESSAGES, Collector, open_stream
 
 
 def healthz_pids(port, tries):

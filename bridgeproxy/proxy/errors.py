@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy -*-
+# -*- test-case-name: tests.test_pipeline -*-
 """
 The one place where a refusal becomes an HTTP answer in the provider's
 own error shape.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy -*-
+# -*- test-case-name: tests.test_pipeline -*-
 """
 The HTTP server side: a request class that enforces the body limit while
 the body arrives, and an access log that never shows a query string.
