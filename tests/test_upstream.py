@@ -1,0 +1,56 @@
+"""
+treq forwards every upstream request, and adds nothing of its own: no
+cookie an upstream set (it would travel to every other user), no redirect
+followed, no Accept-Encoding.
+"""
+
+from tests import memory
+from tests.memory import TOKEN
+
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_an_upstream_cookie_is_never_sent_back():
+    """A Set-Cookie from the upstream reaches the client that got it, and never the next request upstream."""
+    g = memory.gateway()
+
+    def with_cookie(request):
+        request.setHeader(b"set-cookie", b"__cf_bm=abc123; Path=/; Domain=upstream.test")
+        request.setHeader(b"content-type", b"application/json")
+        return b"{}"
+    g.upstream.handler = with_cookie
+    first = g.send("POST", "/openai/v1/chat/completions", CHAT, BEARER)
+    assert first.headers["set-cookie"] == [b"__cf_bm=abc123; Path=/; Domain=upstream.test"]
+    g.send("POST", "/openai/v1/chat/completions", CHAT, BEARER)
+    assert [s.header("cookie") for s in g.upstream.seen] == [None, None]
+
+
+def test_a_clients_own_cookie_is_forwarded_as_sent():
+    """A cookie the client sends reaches the upstream unchanged (it is the client's)."""
+    g = memory.gateway()
+    g.send("GET", "/openai/v1/models", None, {**BEARER, "Cookie": "session=client-own"})
+    assert g.upstream.seen[0].header("cookie") == b"session=client-own"
+
+
+def test_redirects_are_relayed_not_followed():
+    """An upstream 3xx reaches the client as it is; the bridge does not follow it."""
+    g = memory.gateway()
+
+    def redirect(request):
+        request.setResponseCode(307)
+        request.setHeader(b"location", b"http://elsewhere.test/v1/models")
+        return b""
+    g.upstream.handler = redirect
+    answer = g.send("GET", "/openai/v1/models", None, BEARER)
+    assert answer.status == 307 and answer.headers["location"] == [b"http://elsewhere.test/v1/models"]
+    assert len(g.upstream.seen) == 1
+
+
+def test_accept_encoding_is_the_clients_only():
+    """Intercepted routes send no Accept-Encoding upstream; a passthrough sends exactly the client's."""
+    g = memory.gateway()
+    g.send("POST", "/openai/v1/chat/completions", CHAT, {**BEARER, "Accept-Encoding": "gzip, br"})
+    g.send("GET", "/openai/v1/models", None, {**BEARER, "Accept-Encoding": "gzip, br"})
+    g.send("GET", "/openai/v1/models", None, BEARER)
+    assert [s.header("accept-encoding") for s in g.upstream.seen] == [None, b"gzip, br", None]
