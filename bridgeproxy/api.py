@@ -19,7 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from bridgeproxy.auth import extract_credential
-from bridgeproxy.config import parse_since
+from bridgeproxy.values import parse_since
 from bridgeproxy.errors import AuthenticationFailed, BadRequest, BridgeError, NotFound, PermissionDenied
 from bridgeproxy.proxy.errors import write_error
 

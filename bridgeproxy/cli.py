@@ -23,7 +23,8 @@ from typing import Any, NoReturn, Optional, Sequence
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from bridgeproxy import __version__
-from bridgeproxy.config import Config, is_uuid4, load, parse, parse_since
+from bridgeproxy.config import Config, load, parse
+from bridgeproxy.values import is_uuid4, parse_since
 from bridgeproxy.errors import ConfigError
 from bridgeproxy.store import Database, StoreError
 

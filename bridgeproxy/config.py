@@ -1,6 +1,11 @@
-# -*- test-case-name: tests.test_units -*-
+# -*- test-case-name: tests.test_config,tests.test_units -*-
 """
 The configuration file (TOML) turned into a frozen L{Config}.
+
+Every key is declared once, with L{setting}: its default, its kind, its check
+and its documentation line.  Reading a table, refusing unknown keys and
+writing the reference tables of C{docs/configuration.md}
+(C{python -m bridgeproxy.config}) all derive from those declarations.
 
 Every error names the key and what was expected; unknown keys are errors,
 since a misspelt key that is silently ignored is a security setting that
@@ -11,158 +16,100 @@ file, never from the file itself or the command line.
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
-import uuid
-from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Mapping, Optional
 
 from bridgeproxy.errors import ConfigError
 from bridgeproxy.proxy.routing import PassthroughRule
+from bridgeproxy.values import is_uuid4
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 DEFAULT_DATABASE = "sqlite:bridgeproxy.db"
 
+#: How each kind of value reads from TOML, and what the reference calls it.
+_KINDS: dict[str, str] = {
+    "bool": "boolean", "int": "integer", "number": "number", "string": "string",
+    "strings": "list of strings", "optional string": "string",
+}
 
-@dataclass(frozen=True)
-class ProviderConfig:
-    """One C{[providers.<name>]} table, with its key already read."""
-
-    name: str
-    #: L{None}: the provider plugin's C{default_base_url}.
-    base_url: Optional[str]
-    key: Optional[str] = field(default=None, repr=False)
-    key_source: str = ""
-    #: The passthrough allow-list (C{"METHODS /pattern"} rules); L{None}
-    #: means the provider's own default list.
-    passthrough: Optional[tuple[str, ...]] = None
-    #: Rules added to the list (the default one, or C{passthrough}).
-    passthrough_extra: tuple[str, ...] = ()
-    #: The name of the L{bridgeproxy.IProvider} plugin serving this table
-    #: (by default the table's own name).
-    plugin: str = ""
+Check = Callable[[str, Any, str], Any]
 
 
-@dataclass(frozen=True)
-class AuthConfig:
-    extractors: tuple[str, ...] = ("coder-token", "authorization-bearer", "x-api-key")
-    allow_byok: bool = True
-    coder_token_headers: tuple[str, ...] = ("X-Coder-Token",)
-    cache_seconds: float = 5.0
+def setting(default: Any, doc: str, *, kind: Optional[str] = None, check: Optional[Check] = None,
+        shown: Optional[str] = None, type_name: Optional[str] = None) -> Any:
+    """
+    Declare a configuration key as a dataclass field.
+
+    @param default: its value when the file does not set it.
+    @param doc: its line in the reference.
+    @param kind: how it reads (C{bool}, C{int}, C{number}, C{string},
+        C{strings}, C{optional string}); by default from C{default}'s type.
+    @param check: C{check(where, value, base_dir)} returns the value to keep
+        or raises L{ConfigError}; C{base_dir} is the configuration file's
+        directory (for relative paths).
+    @param shown: how the reference shows the default (else C{default} in TOML).
+    @param type_name: how the reference names its type (else from C{kind}).
+    """
+    if kind is None:
+        kind = {bool: "bool", int: "int", float: "number", str: "string", tuple: "strings"}[type(default)]
+    metadata = {"doc": doc, "kind": kind, "check": check, "shown": shown, "type_name": type_name}
+    return field(default=default, metadata=metadata)
 
 
-@dataclass(frozen=True)
-class InitiatorConfig:
-    resolvers: tuple[str, ...] = ("token", "coder-agents-owner")
-    delegators: frozenset[str] = frozenset()
+# -- checks ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ClientsConfig:
-    detectors: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class UpstreamConfig:
-    send_actor_headers: bool = False
-    timeout: float = 600.0
-    connect_timeout: float = 10.0
-    max_connections_per_host: int = 256
-    idle_connection_seconds: float = 240.0
-    ca_file: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class RecordingConfig:
-    enabled: bool = True
-    batch_size: int = 200
-    flush_interval: float = 0.2
-    queue_max: int = 10000
-    spool_path: str = "bridgeproxy-spool.jsonl"
-    max_prompt_chars: int = 4096
-    retention_days: int = 0
-    ask_stream_usage: bool = False
-
-
-@dataclass(frozen=True)
-class LimitsConfig:
-    max_concurrency: int = 0
-    per_initiator_rps: float = 0.0
-    per_initiator_burst: int = 0
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole configuration; see C{docs/configuration.md}."""
-
-    listen: str = DEFAULT_LISTEN
-    database: str = DEFAULT_DATABASE
-    max_body_bytes: int = 32 * 1024 * 1024
-    shutdown_grace_seconds: float = 30.0
-    access_log: bool = False
-    log_interceptions: bool = True
-    metrics_listen: Optional[str] = None
-    workers: int = 1
-    identity_backend: str = "keystore"
-    providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
-    auth: AuthConfig = AuthConfig()
-    initiator: InitiatorConfig = InitiatorConfig()
-    clients: ClientsConfig = ClientsConfig()
-    upstream: UpstreamConfig = UpstreamConfig()
-    recording: RecordingConfig = RecordingConfig()
-    limits: LimitsConfig = LimitsConfig()
-    plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    source_path: Optional[str] = None
-
-
-# -- validation helpers ------------------------------------------------------
-
-
-def _where(table: str, key: str) -> str:
-    return f"{table}.{key}" if table else key
-
-
-def _check_keys(table: str, data: Mapping[str, Any], allowed: set[str]) -> None:
-    for key in data:
-        if key not in allowed:
-            known = ", ".join(sorted(allowed))
-            raise ConfigError(
-                f"unknown key {_where(table, key)!r} (known keys here: {known})"
-            )
-
-
-def _typed(table: str, data: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
-    if key not in data:
-        return default
-    value = data[key]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(
-            f"{_where(table, key)} must be {kind.__name__}, got {type(value).__name__}"
-        )
-    return value
-
-
-def _positive(table: str, key: str, value: float) -> float:
+def positive(where: str, value: Any, base_dir: str) -> Any:
     if value <= 0:
-        raise ConfigError(f"{_where(table, key)} must be greater than 0, got {value}")
+        raise ConfigError(f"{where} must be greater than 0, got {value}")
     return value
 
 
-def _strings(table: str, data: Mapping[str, Any], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    if key not in data:
-        return default
-    value = data[key]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise ConfigError(f"{_where(table, key)} must be a list of non-empty strings")
-    return tuple(v.strip() for v in value)
-
-
-def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = data.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"[{key}] must be a table")
+def not_negative(where: str, value: Any, base_dir: str) -> Any:
+    if value < 0:
+        raise ConfigError(f"{where} must be 0 (off) or more, got {value}")
     return value
+
+
+def _existing_file(where: str, value: Optional[str], base_dir: str) -> Optional[str]:
+    if not value:
+        return None
+    full = _beside(value, base_dir)
+    if not os.path.isfile(full):
+        raise ConfigError(f"{where}: no such file {full!r}")
+    return full
+
+
+def _delegators(where: str, value: tuple[str, ...], base_dir: str) -> frozenset[str]:
+    for one in value:
+        if not is_uuid4(one):
+            raise ConfigError(f"{where} must hold user ids as canonical UUIDv4 strings, got {one!r}")
+    return frozenset(value)
+
+
+def _database(where: str, value: str, base_dir: str) -> str:
+    if not (value.startswith("sqlite:") or value.startswith(("postgresql://", "postgres://"))):
+        raise ConfigError(f"database must be 'sqlite:PATH' or 'postgresql://...', got {value.split(':', 1)[0]!r}...")
+    return value
+
+
+def _rules(where: str, value: Optional[tuple[str, ...]], base_dir: str) -> Optional[tuple[str, ...]]:
+    for rule in value or ():
+        try:
+            PassthroughRule.parse(rule)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    return value
+
+
+def _base_url(where: str, value: Optional[str], base_dir: str) -> Optional[str]:
+    if value is None:
+        return None
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{where} must start with http:// or https://, got {value!r}")
+    return value.rstrip("/")
 
 
 def _beside(path: str, base_dir: str) -> str:
@@ -182,116 +129,280 @@ def _sqlite_beside(url: str, base_dir: str) -> str:
     return "sqlite:" + _beside(path, base_dir)
 
 
-def _ca_file(path: Optional[str], base_dir: str) -> Optional[str]:
-    if not path:
-        return None
-    full = path if os.path.isabs(path) else os.path.join(base_dir, path)
-    if not os.path.isfile(full):
-        raise ConfigError(f"upstream.ca_file: no such file {full!r}")
-    return full
+# -- the declarations ----------------------------------------------------------------
 
 
-def parse_since(value: Optional[str]) -> Optional[float]:
-    """
-    An ISO 8601 date or time (UTC unless it says otherwise) as POSIX seconds.
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One C{[providers.<name>]} table, with its key already read."""
 
-    @raise ValueError: for anything else.
-    """
-    if value is None:
-        return None
-    from datetime import datetime, timezone
-    parsed = datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
-
-
-def is_uuid4(value: str) -> bool:
-    """Whether C{value} is a version-4 UUID in canonical (lower-case, hyphenated) form."""
-    if len(value) != 36:
-        return False
-    try:
-        parsed = uuid.UUID(value)
-    except ValueError:
-        return False
-    return parsed.version == 4 and str(parsed) == value
-
-
-# -- providers ---------------------------------------------------------------
-
+    name: str = field(default="", metadata={})
+    plugin: str = setting(
+        "", "the `IProvider` plugin serving this table (`openai`, `anthropic`, `openai-compatible`, or a plugin's "
+        "name); a name no plugin provides stops the start, listing those that exist", shown="the table's name")
+    base_url: Optional[str] = setting(
+        None, "where requests go; an OpenAI-shaped base includes `/v1`", kind="optional string", check=_base_url,
+        shown="the plugin's default: OpenAI `https://api.openai.com/v1`, Anthropic `https://api.anthropic.com`; "
+              "none for `openai-compatible` (required)")
+    key_env: Optional[str] = setting(
+        None, "environment variable holding the provider key", kind="optional string", shown="`<NAME>_API_KEY`")
+    key_file: Optional[str] = setting(
+        None, "file holding the provider key (relative to the configuration file); exclusive with `key_env`",
+        kind="optional string")
+    passthrough: Optional[tuple[str, ...]] = setting(
+        None, "the passthrough allow-list, replacing the default: rules `\"METHODS /path/pattern\"` "
+        "(`\"GET /v1/models/*\"`, `\"* /v1/conversations/**\"`); anything neither intercepted nor allowed is 404 "
+        "and never forwarded; `[]` forwards only the intercepted routes", kind="strings", check=_rules,
+        shown="the provider's own list (see `docs/routes.md`)")
+    passthrough_extra: tuple[str, ...] = setting(
+        (), "rules added to the allow-list (the default one, or `passthrough`)", check=_rules)
+    key: Optional[str] = field(default=None, repr=False, metadata={})
+    key_source: str = field(default="", metadata={})
 
 
-def _read_key(name: str, table: Mapping[str, Any], environ: Mapping[str, str], base_dir: str) -> tuple[Optional[str], str]:
-    where = f"providers.{name}"
-    if "key" in table:
-        raise ConfigError(
-            f"{where}.key is not allowed: put the key in an environment variable "
-            f"(key_env) or a file (key_file), never in the configuration"
-        )
-    key_env = _typed(where, table, "key_env", str, None)
-    key_file = _typed(where, table, "key_file", str, None)
-    if key_env and key_file:
+@dataclass(frozen=True)
+class AuthConfig:
+    """C{[auth]}."""
+
+    extractors: tuple[str, ...] = setting(
+        ("coder-token", "authorization-bearer", "x-api-key"),
+        "the `IAuthExtractor` chain, in order; the first credential found wins")
+    coder_token_headers: tuple[str, ...] = setting(
+        ("X-Coder-Token",), "header names the `coder-token` extractor reads, in order (add "
+        "`X-Coder-AI-Governance-Token` for later AI proxies); every `X-Coder-*` header is removed before "
+        "forwarding anyway")
+    allow_byok: bool = setting(
+        True, "whether a client that authenticated with `X-Coder-Token` may send its own "
+        "`Authorization`/`X-Api-Key` to the provider; when `false` such requests get 403")
+    cache_seconds: float = setting(
+        5.0, "how long a key check is cached in memory; a revoked key or disabled user takes effect within this "
+        "time (0 disables the cache)", check=not_negative)
+
+
+@dataclass(frozen=True)
+class InitiatorConfig:
+    """C{[initiator]}."""
+
+    resolvers: tuple[str, ...] = setting(("token", "coder-agents-owner"), "the `IInitiatorResolver` chain, in order")
+    delegators: frozenset[str] = setting(
+        frozenset(), "user ids (service accounts) whose tokens may name another user in `X-Coder-Owner-Id` when "
+        "the client is Coder Agents; for any other token the header is refused, logged and counted, and the "
+        "token's user stays the initiator", kind="strings", check=_delegators, shown="`[]`",
+        type_name="list of UUIDv4 strings")
+
+
+@dataclass(frozen=True)
+class ClientsConfig:
+    """C{[clients]}."""
+
+    detectors: tuple[str, ...] = setting(
+        (), "`IClientDetector` plugins asked, in order, before the built-in client table")
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """C{[upstream]}."""
+
+    send_actor_headers: bool = setting(
+        False, "send `X-AI-Bridge-Actor-Id` and `X-AI-Bridge-Actor-Metadata-Username` (the initiator) upstream")
+    timeout: float = setting(
+        600.0, "stall timeout: no response headers, or no body bytes while the client is reading, for this long "
+        "ends the request — 504 before the headers; mid-stream, an error event in the provider's SSE shape",
+        check=positive, type_name="number (seconds)")
+    connect_timeout: float = setting(
+        10.0, "TCP/TLS connect timeout; a failed connect is 502", check=positive, type_name="number (seconds)")
+    max_connections_per_host: int = setting(
+        256, "idle keep-alive connections kept per upstream host (treq's default is 2); concurrent requests are "
+        "not capped by it", check=positive)
+    idle_connection_seconds: float = setting(240.0, "how long an idle upstream connection is kept", check=positive)
+    ca_file: Optional[str] = setting(
+        None, "PEM file of CA certificates to verify upstream TLS against (a private gateway's CA); without it, "
+        "the system's trust store. Host names are always checked (service-identity)", kind="optional string",
+        check=_existing_file)
+
+
+@dataclass(frozen=True)
+class RecordingConfig:
+    """C{[recording]}."""
+
+    enabled: bool = setting(True, "record interceptions")
+    batch_size: int = setting(200, "records written per store transaction", check=positive)
+    flush_interval: float = setting(0.2, "how often the queue is flushed", check=positive, type_name="number (seconds)")
+    queue_max: int = setting(
+        10000, "records held in memory while the store is unavailable; past it the oldest are spooled to "
+        "`spool_path` and replayed later", check=positive)
+    spool_path: str = setting(
+        "bridgeproxy-spool.jsonl", "the local spool file (JSON lines); a relative path is relative to the "
+        "configuration file's directory")
+    max_prompt_chars: int = setting(4096, "the recorded last user prompt is cut to this length", check=positive)
+    ask_stream_usage: bool = setting(
+        False, "OpenAI chat completions streams report token usage only when the client asks "
+        "(`stream_options.include_usage`); when `true`, the bridge adds that to streamed requests that lack it, "
+        "so their tokens are recorded. The client then gets one more chunk (empty `choices`, with `usage`): the "
+        "OpenAI SDKs handle it, some hand-written clients may not. Off: request bodies reach the provider byte "
+        "for byte")
+    retention_days: int = setting(
+        0, "interceptions older than this many days are deleted at start and every hour; 0 keeps everything",
+        check=not_negative)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """C{[limits]}."""
+
+    max_concurrency: int = setting(
+        0, "requests in flight beyond this get 503 in the provider's shape (`overloaded`), with `Retry-After: 1`",
+        check=not_negative, shown="`0` (off)")
+    per_initiator_rps: float = setting(
+        0.0, "each initiator may make this many requests a second on average; beyond it 429 in the provider's "
+        "shape with `Retry-After`", check=not_negative, shown="`0` (off)")
+    per_initiator_burst: int = setting(
+        0, "how many requests an initiator may make at once before the rate applies", check=not_negative,
+        shown="`ceil(per_initiator_rps)`")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; see C{docs/configuration.md}."""
+
+    listen: str = setting(
+        DEFAULT_LISTEN, "a Twisted server endpoint string (`tcp:PORT:interface=ADDR`, "
+        "`ssl:8443:privateKey=key.pem:certKey=cert.pem`, `unix:/run/bridge.sock`); the listen backlog is 1024 or "
+        "the system's `net.core.somaxconn`, whichever is larger, unless the string sets `backlog=N` itself")
+    database: str = setting(
+        DEFAULT_DATABASE, "the store: `sqlite:PATH` (a relative path is relative to the configuration file's "
+        "directory, for `twistd` and the `bridgeproxy` command alike; without a configuration file, to the "
+        "working directory) or `postgresql://user:pass@host:port/db`", check=_database)
+    max_body_bytes: int = setting(
+        32 * 1024 * 1024, "request bodies larger than this are refused with 413, in the provider's error shape; "
+        "the body is discarded as it arrives, never buffered past the limit", check=positive,
+        shown="`33554432` (32 MiB)")
+    identity_backend: str = setting("keystore", "the `IIdentityBackend` plugin that checks bridge keys")
+    shutdown_grace_seconds: float = setting(
+        30.0, "on SIGTERM, how long requests in flight (streams included) may take to finish before they are cut "
+        "(and recorded as `shutdown`)", check=not_negative)
+    access_log: bool = setting(
+        False, "an access-log line per request (combined format without the query string and the Referer). Off "
+        "by default: every authenticated request already logs its `interception` line, and a second line per "
+        "request costs about a fifth of the throughput (see `docs/performance.md`)")
+    log_interceptions: bool = setting(
+        True, "one `interception` log line per finished request (id, initiator, client, model, status, tokens, "
+        "duration). The same facts are in the store and the metrics; at high request rates the line costs about "
+        "16 % of throughput")
+    metrics_listen: Optional[str] = setting(
+        None, "a Twisted endpoint for a separate Prometheus listener serving only `/metrics`; without it "
+        "`/metrics` is on the main listener", kind="optional string")
+    workers: int = setting(
+        1, "worker processes sharing the port (`SO_REUSEPORT`); the twistd process supervises them and restarts "
+        "any that dies. Needs a fixed `tcp:PORT` listen endpoint", check=positive)
+    providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
+    auth: AuthConfig = AuthConfig()
+    initiator: InitiatorConfig = InitiatorConfig()
+    clients: ClientsConfig = ClientsConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    recording: RecordingConfig = RecordingConfig()
+    limits: LimitsConfig = LimitsConfig()
+    plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    source_path: Optional[str] = None
+
+
+#: The tables that are a section dataclass each, in the reference's order.
+SECTIONS: dict[str, type] = {
+    "auth": AuthConfig, "initiator": InitiatorConfig, "clients": ClientsConfig,
+    "upstream": UpstreamConfig, "recording": RecordingConfig, "limits": LimitsConfig,
+}
+
+
+def declared(cls: type) -> list[Any]:
+    """The fields of C{cls} declared with L{setting}, in order."""
+    return [f for f in fields(cls) if "doc" in f.metadata]
+
+
+# -- reading -----------------------------------------------------------------------
+
+
+def _where(table: str, name: str) -> str:
+    return f"{table}.{name}" if table else name
+
+
+def _check_keys(table: str, data: Mapping[str, Any], allowed: set[str]) -> None:
+    for name in data:
+        if name not in allowed:
+            known = ", ".join(sorted(allowed))
+            raise ConfigError(f"unknown key {_where(table, name)!r} (known keys here: {known})")
+
+
+def _as(kind: str, where: str, value: Any) -> Any:
+    """C{value} read as C{kind}, or a L{ConfigError} naming C{where}."""
+    if kind == "strings":
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise ConfigError(f"{where} must be a list of non-empty strings")
+        return tuple(v.strip() for v in value)
+    expected = {"bool": bool, "int": int, "number": float, "string": str, "optional string": str}[kind]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"{where} must be {expected.__name__}, got {type(value).__name__}")
+    if kind == "optional string":
+        return value or None
+    return value
+
+
+def _read(cls: type, table: str, data: Mapping[str, Any], base_dir: str, **fixed: Any) -> Any:
+    """An instance of C{cls} from a table, every key checked as declared."""
+    specs = {f.name: f for f in declared(cls)}
+    _check_keys(table, data, set(specs))
+    values: dict[str, Any] = dict(fixed)
+    for name, value in data.items():
+        meta = specs[name].metadata
+        where = _where(table, name)
+        value = _as(meta["kind"], where, value)
+        if meta["check"] is not None:
+            value = meta["check"](where, value, base_dir)
+        values[name] = value
+    return cls(**values)
+
+
+def _table(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return value
+
+
+def _read_key(provider: ProviderConfig, environ: Mapping[str, str], base_dir: str) -> ProviderConfig:
+    where = f"providers.{provider.name}"
+    if provider.key_env and provider.key_file:
         raise ConfigError(f"{where}: give key_env or key_file, not both")
-    if key_file:
-        path = key_file if os.path.isabs(key_file) else os.path.join(base_dir, key_file)
+    if provider.key_file:
+        path = _beside(provider.key_file, base_dir)
         try:
             with open(path, encoding="utf-8") as f:
-                key = f.read().strip()
+                value = f.read().strip()
         except OSError as e:
             raise ConfigError(f"{where}.key_file: cannot read {path!r}: {e.strerror}") from None
-        return (key or None), f"file {path}"
-    if key_env is None:
-        key_env = f"{name.upper()}_API_KEY"
-    value = environ.get(key_env, "").strip()
-    return (value or None), f"environment variable {key_env}"
+        return replace(provider, key=value or None, key_source=f"file {path}")
+    name = provider.key_env or f"{provider.name.upper()}_API_KEY"
+    value = environ.get(name, "").strip()
+    return replace(provider, key=value or None, key_source=f"environment variable {name}")
 
 
 def _providers(data: Mapping[str, Any], environ: Mapping[str, str], base_dir: str) -> dict[str, ProviderConfig]:
-    tables = _table(data, "providers")
-    if not tables:
-        tables = {"openai": {}, "anthropic": {}}
+    tables = _table(data, "providers") or {"openai": {}, "anthropic": {}}
     result = {}
     for name, table in tables.items():
         where = f"providers.{name}"
         if not isinstance(table, dict):
             raise ConfigError(f"[{where}] must be a table")
-        _check_keys(where, table, {"base_url", "key_env", "key_file", "key", "passthrough", "passthrough_extra",
-                                   "plugin"})
-        base = _typed(where, table, "base_url", str, None)
-        if base is not None and not base.startswith(("http://", "https://")):
-            raise ConfigError(f"{where}.base_url must start with http:// or https://, got {base!r}")
-        plugin = _typed(where, table, "plugin", str, name)
-        key, source = _read_key(name, table, environ, base_dir)
-        passthrough = _rules(where, table, "passthrough")
-        extra = _rules(where, table, "passthrough_extra") or ()
-        result[name] = ProviderConfig(name=name, base_url=base.rstrip("/") if base else None, key=key,
-                                      key_source=source, passthrough=passthrough, passthrough_extra=extra,
-                                      plugin=plugin)
+        if "key" in table:
+            raise ConfigError(
+                f"{where}.key is not allowed: put the key in an environment variable "
+                f"(key_env) or a file (key_file), never in the configuration")
+        provider = _read(ProviderConfig, where, table, base_dir, name=name)
+        if not provider.plugin:
+            provider = replace(provider, plugin=name)
+        result[name] = _read_key(provider, environ, base_dir)
     return result
-
-
-def _rules(where: str, table: Mapping[str, Any], key: str) -> Optional[tuple[str, ...]]:
-    """A passthrough list, each rule checked now (an empty list is allowed: nothing passes)."""
-    if key not in table:
-        return None
-    value = table[key]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where}.{key} must be a list of 'METHODS /path/pattern' strings")
-    for rule in value:
-        try:
-            PassthroughRule.parse(rule)
-        except ConfigError as e:
-            raise ConfigError(f"{where}.{key}: {e}") from None
-    return tuple(value)
-
-
-# -- the whole file ------------------------------------------------------------
-
-_TOP = {
-    "listen", "database", "max_body_bytes", "shutdown_grace_seconds", "access_log", "log_interceptions", "metrics_listen", "workers",
-    "identity_backend",
-    "providers", "auth", "limits", "initiator", "clients", "upstream", "recording", "plugins",
-}
 
 
 def parse(data: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None,
@@ -303,122 +414,23 @@ def parse(data: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None,
     """
     if environ is None:
         environ = os.environ
-    _check_keys("", data, _TOP)
-
-    auth_t = _table(data, "auth")
-    _check_keys("auth", auth_t, {"extractors", "allow_byok", "coder_token_headers", "cache_seconds"})
-    d = AuthConfig()
-    auth = AuthConfig(
-        extractors=_strings("auth", auth_t, "extractors", d.extractors),
-        allow_byok=_typed("auth", auth_t, "allow_byok", bool, d.allow_byok),
-        coder_token_headers=_strings("auth", auth_t, "coder_token_headers", d.coder_token_headers),
-        cache_seconds=_typed("auth", auth_t, "cache_seconds", float, d.cache_seconds),
-    )
-    if auth.cache_seconds < 0:
-        raise ConfigError("auth.cache_seconds must be 0 or more")
-
-    init_t = _table(data, "initiator")
-    _check_keys("initiator", init_t, {"resolvers", "delegators"})
-    delegators = _strings("initiator", init_t, "delegators", ())
-    for value in delegators:
-        if not is_uuid4(value):
-            raise ConfigError(
-                f"initiator.delegators must hold user ids as canonical UUIDv4 strings, got {value!r}"
-            )
-    initiator = InitiatorConfig(
-        resolvers=_strings("initiator", init_t, "resolvers", InitiatorConfig().resolvers),
-        delegators=frozenset(delegators),
-    )
-
-    clients_t = _table(data, "clients")
-    _check_keys("clients", clients_t, {"detectors"})
-    clients = ClientsConfig(detectors=_strings("clients", clients_t, "detectors", ()))
-
-    up_t = _table(data, "upstream")
-    _check_keys("upstream", up_t, {
-        "send_actor_headers", "timeout", "connect_timeout",
-        "max_connections_per_host", "idle_connection_seconds", "ca_file"})
-    u = UpstreamConfig()
-    upstream = UpstreamConfig(
-        send_actor_headers=_typed("upstream", up_t, "send_actor_headers", bool, u.send_actor_headers),
-        timeout=_positive("upstream", "timeout", _typed("upstream", up_t, "timeout", float, u.timeout)),
-        connect_timeout=_positive("upstream", "connect_timeout",
-                                  _typed("upstream", up_t, "connect_timeout", float, u.connect_timeout)),
-        max_connections_per_host=int(_positive("upstream", "max_connections_per_host", _typed(
-            "upstream", up_t, "max_connections_per_host", int, u.max_connections_per_host))),
-        idle_connection_seconds=_positive("upstream", "idle_connection_seconds", _typed(
-            "upstream", up_t, "idle_connection_seconds", float, u.idle_connection_seconds)),
-        ca_file=_ca_file(_typed("upstream", up_t, "ca_file", str, None), base_dir),
-    )
-
-    rec_t = _table(data, "recording")
-    _check_keys("recording", rec_t, {
-        "enabled", "batch_size", "flush_interval", "queue_max", "spool_path",
-        "max_prompt_chars", "retention_days", "ask_stream_usage"})
-    r = RecordingConfig()
-    recording = RecordingConfig(
-        enabled=_typed("recording", rec_t, "enabled", bool, r.enabled),
-        batch_size=int(_positive("recording", "batch_size", _typed("recording", rec_t, "batch_size", int, r.batch_size))),
-        flush_interval=_positive("recording", "flush_interval",
-                                 _typed("recording", rec_t, "flush_interval", float, r.flush_interval)),
-        queue_max=int(_positive("recording", "queue_max", _typed("recording", rec_t, "queue_max", int, r.queue_max))),
-        spool_path=_typed("recording", rec_t, "spool_path", str, r.spool_path),
-        max_prompt_chars=int(_positive("recording", "max_prompt_chars",
-                                       _typed("recording", rec_t, "max_prompt_chars", int, r.max_prompt_chars))),
-        retention_days=_typed("recording", rec_t, "retention_days", int, r.retention_days),
-        ask_stream_usage=_typed("recording", rec_t, "ask_stream_usage", bool, r.ask_stream_usage),
-    )
-    if recording.retention_days < 0:
-        raise ConfigError("recording.retention_days must be 0 (keep forever) or more")
-
-    lim_t = _table(data, "limits")
-    _check_keys("limits", lim_t, {"max_concurrency", "per_initiator_rps", "per_initiator_burst"})
-    limits = LimitsConfig(
-        max_concurrency=_typed("limits", lim_t, "max_concurrency", int, 0),
-        per_initiator_rps=_typed("limits", lim_t, "per_initiator_rps", float, 0.0),
-        per_initiator_burst=_typed("limits", lim_t, "per_initiator_burst", int, 0),
-    )
-    if limits.max_concurrency < 0 or limits.per_initiator_rps < 0 or limits.per_initiator_burst < 0:
-        raise ConfigError("limits: values must be 0 (off) or more")
-
-    plugins_t = _table(data, "plugins")
-    for name, table in plugins_t.items():
+    tables = set(SECTIONS) | {"providers", "plugins"}
+    _check_keys("", data, {f.name for f in declared(Config)} | tables)
+    sections = {name: _read(cls, name, _table(data, name), base_dir) for name, cls in SECTIONS.items()}
+    plugins = _table(data, "plugins")
+    for name, table in plugins.items():
         if not isinstance(table, dict):
             raise ConfigError(f"[plugins.{name}] must be a table")
-
-    max_body = _typed("", data, "max_body_bytes", int, Config.max_body_bytes)
-    _positive("", "max_body_bytes", max_body)
-    database = _typed("", data, "database", str, DEFAULT_DATABASE)
-    if not (database.startswith("sqlite:") or database.startswith(("postgresql://", "postgres://"))):
-        raise ConfigError(
-            f"database must be 'sqlite:PATH' or 'postgresql://...', got {database.split(':', 1)[0]!r}..."
-        )
+    top = {k: v for k, v in data.items() if k not in tables}
+    config = _read(Config, "", top, base_dir, providers=_providers(data, environ, base_dir),
+                   plugins={k: dict(v) for k, v in plugins.items()}, source_path=source_path, **sections)
     if source_path is not None:
         # A file's relative paths mean the same whoever reads it (twistd,
         # the CLI) from whatever directory.
-        database = _sqlite_beside(database, base_dir)
-        recording = replace(recording, spool_path=_beside(recording.spool_path, base_dir))
-
-    return Config(
-        listen=_typed("", data, "listen", str, DEFAULT_LISTEN),
-        database=database,
-        max_body_bytes=max_body,
-        shutdown_grace_seconds=_typed("", data, "shutdown_grace_seconds", float, Config.shutdown_grace_seconds),
-        access_log=_typed("", data, "access_log", bool, False),
-        log_interceptions=_typed("", data, "log_interceptions", bool, True),
-        metrics_listen=_typed("", data, "metrics_listen", str, None) or None,
-        workers=int(_positive("", "workers", _typed("", data, "workers", int, 1))),
-        identity_backend=_typed("", data, "identity_backend", str, "keystore"),
-        providers=_providers(data, environ, base_dir),
-        auth=auth,
-        initiator=initiator,
-        clients=clients,
-        upstream=upstream,
-        recording=recording,
-        limits=limits,
-        plugins={k: dict(v) for k, v in plugins_t.items()},
-        source_path=source_path,
-    )
+        config = replace(config, database=_sqlite_beside(config.database, base_dir),
+                         recording=replace(config.recording,
+                                           spool_path=_beside(config.recording.spool_path, base_dir)))
+    return config
 
 
 def load(path: str, environ: Optional[Mapping[str, str]] = None) -> Config:
@@ -432,6 +444,8 @@ def load(path: str, environ: Optional[Mapping[str, str]] = None) -> Config:
             data = tomllib.load(f)
     except OSError as e:
         raise ConfigError(f"cannot read configuration {path!r}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     return parse(data, environ, base_dir=os.path.dirname(os.path.abspath(path)), source_path=path)
@@ -441,3 +455,53 @@ def override(config: Config, **changes: Any) -> Config:
     """A copy of C{config} with top-level C{changes} (used by command-line options)."""
     return replace(config, **changes)
 
+
+# -- the reference -----------------------------------------------------------------
+
+
+def _shown(value: Any) -> str:
+    if value is None or value == ():
+        return "—" if value is None else "`[]`"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float) and value == int(value):
+        return f"`{int(value)}`"
+    if isinstance(value, str):
+        return f'`"{value}"`'
+    if isinstance(value, tuple):
+        return "`[" + ", ".join(f'"{v}"' for v in value) + "]`"
+    return f"`{value}`"
+
+
+def reference_table(cls: type) -> str:
+    """The reference table of C{cls}'s keys (markdown), from their declarations."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for f in declared(cls):
+        meta = f.metadata
+        type_name = meta["type_name"] or _KINDS[meta["kind"]]
+        shown = meta["shown"] or _shown(f.default)
+        lines.append(f"| `{f.name}` | {type_name} | {shown} | {meta['doc']} |")
+    return "\n".join(lines) + "\n"
+
+
+#: The tables of the reference, by the marker that introduces them in docs/configuration.md.
+REFERENCE: dict[str, type] = {"top": Config, "providers": ProviderConfig, **SECTIONS}
+
+
+def write_reference(text: str) -> str:
+    """C{text} (docs/configuration.md) with every generated table replaced by its declaration's."""
+    for name, cls in REFERENCE.items():
+        start = f"<!-- keys: {name} -->\n"
+        end = "<!-- /keys -->"
+        i = text.index(start) + len(start)
+        j = text.index(end, i)
+        text = text[:i] + reference_table(cls) + text[j:]
+    return text
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m bridgeproxy.config docs/configuration.md
+    path = sys.argv[1] if len(sys.argv) > 1 else "docs/configuration.md"
+    with open(path, encoding="utf-8") as f:
+        current = f.read()
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(write_reference(current))

@@ -13,7 +13,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from bridgeproxy.auth import single_header
-from bridgeproxy.config import is_uuid4
+from bridgeproxy.values import is_uuid4
 from bridgeproxy.errors import AuthenticationFailed, ConfigError, PermissionDenied
 from bridgeproxy.interfaces import IConfigurable, IInitiatorResolver
 from bridgeproxy.metrics import Metrics

@@ -14,7 +14,8 @@ from twisted.web.test.requesthelper import DummyRequest
 from bridgeproxy import errors
 from bridgeproxy.auth import ApiKeyExtractor, BearerExtractor, CoderTokenExtractor, extract_credential
 from bridgeproxy.clients import CLIENT_TABLE, TableDetector, claude_code_body_session, detect_client
-from bridgeproxy.config import ConfigError, is_uuid4, parse
+from bridgeproxy.config import ConfigError, parse
+from bridgeproxy.values import is_uuid4
 from bridgeproxy.initiator import CoderAgentsOwnerResolver, TokenResolver
 from bridgeproxy.providers.anthropic import AnthropicProvider
 from bridgeproxy.providers.openai import OpenAIProvider
