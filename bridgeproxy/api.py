@@ -206,7 +206,10 @@ class Endpoint(Resource):
         self.answer = answer
 
     def render(self, request: Any) -> Any:
-        self.answer(request)
+        if request.postpath:
+            write_error(request, None, NotFound("Unknown path."))
+        else:
+            self.answer(request)
         return NOT_DONE_YET
 
 

@@ -16,6 +16,7 @@ file, never from the file itself or the command line.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -387,11 +388,22 @@ def _read_key(provider: ProviderConfig, environ: Mapping[str, str], base_dir: st
     return replace(provider, key=value or None, key_source=f"environment variable {name}")
 
 
+#: A provider's name is a URL prefix: these are the bridge's own.
+RESERVED_PREFIXES = frozenset({"api", "healthz", "readyz", "metrics", "ui"})
+_PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
 def _providers(data: Mapping[str, Any], environ: Mapping[str, str], base_dir: str) -> dict[str, ProviderConfig]:
     tables = _table(data, "providers") or {"openai": {}, "anthropic": {}}
     result = {}
     for name, table in tables.items():
         where = f"providers.{name}"
+        if not _PROVIDER_NAME.fullmatch(name):
+            raise ConfigError(f"[providers.{name!r}]: a provider's name is its URL prefix: lower-case letters, "
+                              f"digits, '-' and '_'")
+        if name in RESERVED_PREFIXES:
+            raise ConfigError(f"[providers.{name}]: {name!r} is a path of the bridge's own "
+                              f"({', '.join(sorted(RESERVED_PREFIXES))} are reserved)")
         if not isinstance(table, dict):
             raise ConfigError(f"[{where}] must be a table")
         if "key" in table:

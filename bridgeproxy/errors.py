@@ -110,6 +110,14 @@ class Overloaded(BridgeError):
     record_status = "refused"
 
 
+class ShuttingDown(BridgeError):
+    """A request the shutdown cut before the upstream answered (503)."""
+
+    status = 503
+    kind = "overloaded"
+    record_status = "shutdown"
+
+
 class RateLimited(BridgeError):
     """An initiator over C{[limits] per_initiator_rps} (429, with Retry-After)."""
 

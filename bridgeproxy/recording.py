@@ -59,6 +59,7 @@ class Recorder:
         self._timer = None
         self._backoff = 0.0
         self._running = False
+        self._stopped = False
 
     # -- the hot path --------------------------------------------------------
 
@@ -67,7 +68,11 @@ class Recorder:
         if not self.config.enabled:
             return
         self.queue.append(record)
-        if len(self.queue) > self.config.queue_max:
+        if self._stopped:
+            # A request that ended after the last flush (cut at shutdown):
+            # straight to the spool, replayed at the next start.
+            self._spool(len(self.queue))
+        elif len(self.queue) > self.config.queue_max:
             self._spool_overflow()
         elif len(self.queue) >= self.config.batch_size and self._flushing is None and not self._backoff:
             self._schedule(0)
@@ -143,8 +148,9 @@ class Recorder:
                 break
 
     def stop(self) -> Deferred:
-        """Flush what can be flushed; spool the rest to the local file."""
+        """Flush what can be flushed; spool the rest (and anything recorded later) to the local file."""
         self._running = False
+        self._stopped = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None

@@ -451,6 +451,11 @@ def make_service(config: Config, reactor: Any, config_path: Optional[str] = None
         except OSError as e:
             reason = (e.strerror or str(e))[:1].lower() + (e.strerror or str(e))[1:]
             raise SystemExit(f"bridgeproxy: cannot listen on {config.listen}: {reason}") from None
+        try:
+            # The workers would each fail on a configuration the supervisor can see is unusable.
+            check(config, reactor)
+        except ConfigError as e:
+            raise SystemExit(f"bridgeproxy: {e}") from None
         supervisor = Supervisor(reactor, config_path, config.workers, config.listen, log_format, dict(overrides or {}))
         top = service.MultiService()
         supervisor.setServiceParent(top)

@@ -183,7 +183,8 @@ class Supervisor(service.Service):
         return worker
 
     def spawn(self, index: int) -> None:
-        if not self.running:
+        if not self.running or index in self.workers:
+            # Stopping; or a reload's new worker took this place meanwhile.
             return
         worker = self._start(index)
         worker.ready.addErrback(lambda failure: None)  # its exit is logged by ended()
@@ -227,6 +228,9 @@ class Supervisor(service.Service):
             check(config, self.reactor)
         except ConfigError as e:
             log.error("Reload failed, workers keep the previous configuration: {error}", error=str(e))
+            return
+        except Exception:
+            log.failure("Reload failed, workers keep the previous configuration")
             return
         ignored = [name for name, now, then in (("listen", self.listen, config.listen),
                                                 ("workers", self.count, config.workers)) if now != then]

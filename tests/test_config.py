@@ -58,6 +58,10 @@ def test_sections_declare_every_field():
     ({"providers": {"openai": {"passthrough": "GET /v1/models"}}}, "providers.openai.passthrough must be a list"),
     ({"auth": []}, "[auth] must be a table"),
     ({"plugins": {"x": 1}}, "[plugins.x] must be a table"),
+    ({"providers": {"é": {}}}, "a provider's name is its URL prefix"),
+    ({"providers": {"Open AI": {}}}, "a provider's name is its URL prefix"),
+    ({"providers": {"api": {}}}, "'api' is a path of the bridge's own"),
+    ({"providers": {"healthz": {}}}, "'healthz' is a path of the bridge's own"),
 ])
 def test_checks_name_the_key(data, message):
     """Every declared check refuses a bad value with a message naming the key."""

@@ -215,3 +215,19 @@ def test_stream_body_untouched_by_default(bridge, agent):
                       {"Authorization": f"Bearer {token}"}, collector)
     yield collector.done
     assert bridge.upstream.requests[0].body == json.dumps(STREAM_CHAT).encode()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_stream_cut_at_shutdown_is_recorded(tmp_path, agent, captured_log):
+    """A stream still open when the shutdown grace period ends is cut and recorded as shutdown, on a real
+    reactor where the relay notices a turn later (the record must not miss the last flush)."""
+    running = yield fakes.start_bridge(tmp_path, {"shutdown_grace_seconds": 0.2})
+    running.upstream.handler = fakes.sse_answer(ANTHROPIC_EVENTS, hang_after=1)
+    token = running.create_key("alice")
+    collector = Collector()
+    yield open_stream(agent, running.url + "/anthropic/v1/messages", STREAM_MESSAGES, {"X-Api-Key": token}, collector)
+    yield collector.first
+    yield running.stop()
+    yield collector.done
+    rows = running.rows()
+    assert [(r["status"], r["input_tokens"]) for r in rows] == [("shutdown", 25)]

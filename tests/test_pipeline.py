@@ -151,6 +151,13 @@ UNSAFE = [
     b"/anthropic/v1/../v1/organizations",
     b"/api/v2/aibridge/openai/v1/../files",
     b"/api/v1/../healthz",
+    # What the forwarding client would cut or rewrite: a fragment, an empty
+    # parameter, a parameter, a malformed escape, a raw space.
+    b"/openai/v1/responses/#/input_items",
+    b"/openai/v1/files/#/content",
+    b"/openai/v1/models/..;",
+    b"/openai/v1/models;x=1",
+    b"/openai/v1/models/%zz",
 ]
 
 
@@ -465,3 +472,110 @@ def test_ttfb_and_latency_metrics_are_observed():
     assert 'bridgeproxy_upstream_ttfb_seconds_count{provider="anthropic"} 1.0' in text
     assert 'bridgeproxy_upstream_latency_seconds_count{provider="anthropic"} 1.0' in text
     assert 'bridgeproxy_requests_total{client="Unknown",provider="anthropic",route="messages",status="ok"} 1.0' in text
+
+
+# -- found by review ---------------------------------------------------------------------
+
+
+def test_a_client_that_leaves_during_the_key_check_is_never_forwarded():
+    """A client gone while its key is being checked: the upstream is never asked, the request leaves
+    in_flight, and the audit trail says the client left."""
+    from twisted.internet.defer import Deferred
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    class Slow(memory.Identities):
+        def __init__(self):
+            super().__init__()
+            self.pending = []
+
+        def identify(self, token):
+            d = Deferred()
+            self.pending.append((d, self.tokens.get(token)))
+            return d
+    identities = Slow()
+    g = memory.gateway(identities=identities)
+    protocol, transport = g.open("POST", "/openai/v1/chat/completions", CHAT, BEARER)
+    protocol.connectionLost(Failure(ConnectionDone()))
+    d, identity = identities.pending[0]
+    d.callback(identity)
+    g.pump()
+    assert g.upstream.seen == []
+    assert g.bridge.in_flight == set()
+    assert [(r.status, r.initiator_id) for r in g.records] == [("client_disconnected", USER_ID)]
+
+
+def test_shutdown_before_the_upstream_answers_is_503_and_recorded_as_shutdown():
+    """A request the shutdown cuts while the upstream is still silent gets 503 (not 502 'unreachable')
+    and is recorded as shutdown."""
+    from twisted.web.server import NOT_DONE_YET
+    g = memory.gateway()
+    g.upstream.handler = lambda request: NOT_DONE_YET
+    protocol, transport = g.open("POST", "/openai/v1/chat/completions", CHAT, BEARER)
+    drained = []
+    g.bridge.drain(2).addCallback(drained.append)
+    g.clock.advance(2)
+    g.pump()
+    answer = memory.parse_answer(transport.value())
+    assert answer.status == 503 and "shutting down" in answer.json()["error"]["message"]
+    assert [(r.status, r.upstream_status, r.http_status) for r in g.records] == [("shutdown", None, 503)]
+    assert drained == [None]
+
+
+def test_the_drain_lets_go_at_its_hard_cap():
+    """A stopped request that never reports back is recorded and let go at the drain's hard cap."""
+    from bridgeproxy.proxy.pipeline import DRAIN_HARD_CAP
+    g = memory.gateway()
+    g.upstream.handler = memory.sse_answer(CHAT_EVENTS[:1], "hang")
+    protocol, transport = g.open("POST", "/openai/v1/chat/completions", {**CHAT, "stream": True}, BEARER)
+    (ex,) = g.bridge.in_flight
+    ex.stop = lambda: None  # a request that does not notice it was stopped
+    drained = []
+    g.bridge.drain(1).addCallback(drained.append)
+    g.clock.advance(1)
+    assert drained == []
+    g.clock.advance(DRAIN_HARD_CAP)
+    assert drained == [None] and g.bridge.in_flight == set()
+    assert g.records[0].status == "shutdown"
+
+
+@pytest.mark.parametrize("path,status", [
+    (f"/openai/v1/models/{TOKEN}", 400),
+    (f"/openai/{TOKEN}/v1/models", 404),
+    (f"/openai/v1/responses/{TOKEN}/cancel", 400),
+])
+def test_a_bridge_key_in_the_path_goes_nowhere(events, path, status):
+    """A bridge key put in the URL path is refused; it reaches no upstream, answer, log line or record."""
+    g = memory.gateway()
+    answer = g.send("POST" if path.endswith("cancel") else "GET", path, {} if path.endswith("cancel") else None,
+                    BEARER)
+    assert answer.status == status
+    assert TOKEN.encode() not in answer.raw
+    assert g.upstream.seen == []
+    assert TOKEN not in log_text(events)
+    assert all(TOKEN not in (r.route + (r.error or "")) for r in g.records)
+
+
+def test_a_blocking_answer_that_is_not_json_is_not_incomplete():
+    """An intercepted blocking answer the parser cannot read (an HTML error page) is recorded as it is, not incomplete."""
+    g = memory.gateway()
+
+    def html(request):
+        request.setResponseCode(502)
+        request.setHeader(b"content-type", b"text/html")
+        return b"<html>Bad gateway</html>"
+    g.upstream.handler = html
+    answer = g.send("POST", "/openai/v1/chat/completions", CHAT, BEARER)
+    assert answer.status == 502
+    assert (g.records[0].status, g.records[0].upstream_status) == ("ok", 502)
+
+
+def test_the_bridges_own_endpoints_are_exact_paths():
+    """/healthz answers; /healthz/anything is 404 (the endpoints are leaves, not prefixes)."""
+    from bridgeproxy.api import BridgeAPI
+    g = memory.gateway()
+    g.bridge.api = BridgeAPI(extractors=g.bridge.extractors, identity=memory.Identities(), store=None,
+                             recorder=None, providers={}, metrics=None)
+    assert g.send("GET", "/healthz").status == 200
+    assert g.send("GET", "/healthz/x").status == 404
+    assert g.send("GET", "/metrics").status == 404  # served on metrics_listen here

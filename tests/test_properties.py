@@ -24,7 +24,7 @@ ALLOWED = Passthrough.parse(OpenAIProvider.passthrough + AnthropicProvider.passt
 INTERCEPTED = {b"/v1/chat/completions", b"/v1/responses", b"/v1/messages"}
 
 SEGMENTS = st.sampled_from([
-    ".", "..", "%2e", "%2E%2e", "%2e.", "%2f", "%2F", "%5c", "\\", "", "%00", "%20", "~",
+    ".", "..", "%2e", "%2E%2e", "%2e.", "%2f", "%2F", "%5c", "\\", "", "%00", "%20", "~", "#", "..;", ";x", "%zz",
     "v1", "v2", "models", "chat", "completions", "responses", "messages", "count_tokens", "files",
     "fine_tuning", "jobs", "organization", "admin_api_keys", "conversations", "items", "api",
     "event_logging", "batch", "resp_1", "cancel", "input_items", "healthz", "metrics", "aibridge",
@@ -42,7 +42,8 @@ KNOWN = st.sampled_from([
     ("POST", "/anthropic/v1/messages/count_tokens"), ("POST", "/api/v2/aibridge/openai/v1/chat/completions"),
     ("DELETE", "/openai/v1/conversations/c1/items/i1"), ("POST", "/anthropic/api/event_logging/batch"),
 ])
-TAILS = st.sampled_from([""] * 8 + ["/", "?limit=2", "/x", "/..", "/%2e%2e", "%2fx", "//x", "\\x"])
+TAILS = st.sampled_from([""] * 8 + ["/", "?limit=2", "/x", "/..", "/%2e%2e", "%2fx", "//x", "\\x", "/#/x", "/..;",
+                                   ";p"])
 PLAUSIBLE = st.builds(lambda known, tail: (known[0], known[1] + tail), KNOWN, TAILS)
 REQUEST_LINES = st.one_of(PLAUSIBLE, PLAUSIBLE, st.tuples(METHODS, PATHS))
 HOSTILE = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF,

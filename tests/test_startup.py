@@ -63,6 +63,16 @@ def test_config_error_is_one_line(tmp_path, extra, args, expected):
     assert_one_line(code, out, err, expected)
 
 
+def test_workers_refuse_a_config_that_cannot_start(tmp_path):
+    """With workers, a plugin name nothing provides stops the supervisor at once, as with one process
+    (instead of workers failing and being restarted for ever)."""
+    config = parse({"workers": 2, "listen": f"tcp:{free_port()}:interface=127.0.0.1",
+                    "database": f"sqlite:{tmp_path / 'b.db'}", "identity_backend": "nope"}, environ={})
+    with pytest.raises(SystemExit) as caught:
+        make_service(config, MemoryReactor())
+    assert str(caught.value).startswith("bridgeproxy: identity_backend: no IIdentityBackend plugin is called 'nope'")
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_port_in_use_is_one_line(tmp_path, workers):
     """A listen port already taken stops twistd (single process or supervisor) with one line and a non-zero exit."""

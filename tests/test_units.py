@@ -407,3 +407,27 @@ def test_concurrent_lookups_share_one_store_call():
     assert len(SlowStore.pending) == 1
     SlowStore.pending[0].callback(Identity("u", "n"))
     assert [r.user_id for r in results] == ["u", "u", "u"]
+
+
+def test_a_record_after_the_recorder_stopped_is_spooled(tmp_path):
+    """A record that arrives after the recorder's last flush (a request cut at shutdown) goes to the spool
+    file, to be replayed at the next start; it is never left in memory."""
+    from bridgeproxy.config import RecordingConfig
+    from bridgeproxy.recording import Recorder, from_json
+    from bridgeproxy.types import Interception
+
+    class Store:
+        def run(self, work):
+            return succeed(0)
+    spool = tmp_path / "spool.jsonl"
+    recorder = Recorder(Store(), Clock(), RecordingConfig(spool_path=str(spool)))
+    recorder.start()
+    fired(recorder.stop())
+    late = Interception(id="late", started_at=1.0, ended_at=2.0, provider="openai", route="chat.completions",
+                        intercepted=True, method="POST", model=None, streamed=True, client="Unknown",
+                        client_session_id=None, user_agent=None, initiator_id="u", initiator_username=None,
+                        credential_user_id="u", credential_kind="centralized", credential_hint=None,
+                        upstream_status=200, status="shutdown")
+    recorder.record(late)
+    assert not recorder.queue
+    assert [from_json(line).id for line in spool.read_text().splitlines()] == ["late"]

@@ -54,3 +54,32 @@ def test_accept_encoding_is_the_clients_only():
     g.send("GET", "/openai/v1/models", None, {**BEARER, "Accept-Encoding": "gzip, br"})
     g.send("GET", "/openai/v1/models", None, BEARER)
     assert [s.header("accept-encoding") for s in g.upstream.seen] == [None, b"gzip, br", None]
+
+
+def test_a_url_the_client_would_not_send_as_given_is_refused():
+    """Below treq, a URL the HTTP client would cut (a fragment) or rewrite (an empty parameter) is refused
+    with 400 and never sent: what is forwarded is exactly what the pipeline checked."""
+    from twisted.web.http_headers import Headers
+
+    from bridgeproxy.errors import BadRequest
+    from bridgeproxy.proxy.upstream import Upstream
+    g = memory.gateway()
+    upstream = Upstream(g.upstream_agent, g.clock)
+    for url in (b"http://upstream.test/v1/files/#/content", b"http://upstream.test/v1/models/..;"):
+        failures = []
+        upstream.request(b"GET", url, Headers(), None).addErrback(failures.append)
+        assert failures and failures[0].check(BadRequest)
+    assert g.upstream.seen == []
+    answers = []
+    upstream.request(b"GET", b"http://upstream.test/v1/models", Headers(), None).addCallback(answers.append)
+    g.pump()
+    assert answers[0].code == 200 and g.upstream.seen[0].uri == b"/v1/models"
+
+
+def test_the_path_rules_refuse_what_a_client_would_rewrite():
+    """The path rules themselves refuse fragments, parameters, bad escapes and bytes outside a path."""
+    from bridgeproxy.proxy.routing import unsafe_path
+    for path in (b"/v1/files/#/content", b"/v1/models/..;", b"/v1/models;x", b"/v1/%zz", b"/v1/a b", b'/v1/"x"'):
+        assert unsafe_path(path) is not None, path
+    for path in (b"/v1/models/gpt-4o", b"/v1/models/ft:gpt-4o:acme:x@y", b"/v1/a%20b", b"/v1/r_1~(x)!*'$&+,="):
+        assert unsafe_path(path) is None, path

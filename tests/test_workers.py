@@ -140,3 +140,58 @@ def test_hup_replaces_workers_one_by_one(tmp_path, agent):
     assert "Traceback" not in log_text and "restarting it" not in log_text
     for secret in (token, fakes.OPENAI_KEY, fakes.ANTHROPIC_KEY):
         assert secret not in log_text
+
+
+class _Process:
+    """A worker process as the supervisor sees it."""
+
+    pids = 100
+
+    def __init__(self):
+        _Process.pids += 1
+        self.pid = _Process.pids
+        self.signals = []
+
+    def signalProcess(self, signal_name):
+        self.signals.append(signal_name)
+
+
+class _Reactor:
+    """Starts fake worker processes; time is a Clock."""
+
+    def __init__(self):
+        from twisted.internet.task import Clock
+        self.clock = Clock()
+        self.callLater = self.clock.callLater
+        self.seconds = self.clock.seconds
+        self.started = []
+
+    def spawnProcess(self, protocol, executable, argv, env=None, childFDs=None):
+        process = _Process()
+        protocol.makeConnection(process)
+        self.started.append(protocol)
+        return process
+
+
+def test_a_crash_during_a_reload_leaves_no_worker_untracked(monkeypatch):
+    """An old worker that crashes while the reload's new worker starts is not restarted over it: every
+    worker running is one the supervisor knows, and stopping signals them all."""
+    from twisted.internet.error import ProcessTerminated
+    from twisted.python.failure import Failure
+
+    from bridgeproxy import tap, workers
+    monkeypatch.setattr(tap, "check", lambda config, reactor, plugin_package=None: None)
+    reactor = _Reactor()
+    supervisor = workers.Supervisor(reactor, None, 1, "tcp:8999")
+    supervisor.startService()
+    old = reactor.started[0]
+    old.childDataReceived(3, b"ready\n")
+    supervisor.reload()
+    new = reactor.started[1]
+    old.processEnded(Failure(ProcessTerminated(exitCode=1)))
+    new.childDataReceived(3, b"ready\n")
+    reactor.clock.advance(supervisor.restart_delay)
+    assert len(reactor.started) == 2
+    assert list(supervisor.workers.values()) == [new]
+    supervisor.stopService()
+    assert new.transport.signals == ["TERM"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Mapping, Optional, Sequence
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH
@@ -25,7 +25,7 @@ from bridgeproxy.auth import extract_credential
 from bridgeproxy.clients import detect_client
 from bridgeproxy.config import Config, ProviderConfig
 from bridgeproxy.errors import (
-    AuthenticationFailed, BadRequest, BridgeError, NotFound, PayloadTooLarge, UpgradeNotSupported,
+    AuthenticationFailed, BadRequest, BridgeError, NotFound, PayloadTooLarge, ShuttingDown, UpgradeNotSupported,
     UpstreamTimeout, UpstreamUnavailable,
 )
 from bridgeproxy.metrics import Metrics
@@ -47,6 +47,8 @@ _BASE_PATHS = frozenset({b"", b"/", b"/v1", b"/v1/"})
 _METHODS_WITH_BODY = frozenset({b"POST", b"PUT", b"PATCH"})
 #: An upstream error answer is read whole (to mask keys in it) up to this size.
 MAX_ERROR_BODY = 1024 * 1024
+#: After the shutdown grace period, how long stopped requests get to record themselves.
+DRAIN_HARD_CAP = 2.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class Bridge:
     """
 
     log = Logger()
+    limits: Limits
 
     def __init__(self, config: Config, *, providers: Mapping[str, ProviderEntry],
                  extractors: Sequence[Any], resolvers: Sequence[Any], detectors: Sequence[Any],
@@ -104,16 +107,21 @@ class Bridge:
         Requests in flight finish with what they started with; the rate
         limiter keeps its buckets unless the limits changed.
         """
+        # Everything is computed before anything is assigned: a reload that
+        # fails half-way must leave the running configuration whole.
         old = getattr(self, "config", None)
+        by_prefix = {name.encode("ascii"): entry for name, entry in providers.items()}
+        for entry in by_prefix.values():
+            _ = entry.passthrough  # parsed now: a bad rule fails the reload, not a request
+        limits = self.limits if old is not None and old.limits == config.limits else Limits(config.limits, self.clock)
         self.config = config
-        self.providers = {name.encode("ascii"): entry for name, entry in providers.items()}
+        self.providers = by_prefix
         self.extractors = tuple(extractors)
         self.resolvers = tuple(resolvers)
         self.detectors = tuple(detectors)
         self.timeout = config.upstream.timeout
         self._bridge_headers = tuple(config.auth.coder_token_headers)
-        if old is None or old.limits != config.limits:
-            self.limits = Limits(config.limits, self.clock)
+        self.limits = limits
 
     # -- the straight line -----------------------------------------------------------
 
@@ -126,6 +134,8 @@ class Bridge:
         ex = Exchange(request=request, started=self.clock.seconds(), subpath=subpath)
         ex.entry = self.providers.get(provider) if provider is not None else None
         self.in_flight.add(ex)
+        # From the start: a client may leave while its key is being checked.
+        request.notifyFinish().addErrback(self._client_gone, ex)
         try:
             ex.route_error = self._route(ex)
             if ex.answered:  # a probe
@@ -225,11 +235,16 @@ class Bridge:
         if initiator is None:
             raise AuthenticationFailed("No user could be resolved for this API key.", reason="no_initiator")
         ex.initiator = initiator
+        if ex.client_gone:
+            self._record(ex, status="client_disconnected", error="client disconnected before the request was sent")
+            return
         if ex.route_error is not None:
             raise ex.route_error
-        self.limits.check_rate(initiator.user_id)
         request, entry, credential = ex.request, ex.entry, ex.credential
         assert entry is not None and credential is not None and ex.route is not None
+        if credential.token.encode("latin-1", "replace") in request.path:
+            raise BadRequest("Refused path: it contains the bridge key; send the key in a header only.")
+        self.limits.check_rate(initiator.user_id)
         intercepted = bool(ex.route)
         headers = upstream_headers(request, intercepted=intercepted, bridge_headers=self._bridge_headers)
         ex.credential_kind, ex.upstream_key = apply_credential(
@@ -246,7 +261,6 @@ class Bridge:
         ex.forwarded_at = self.clock.seconds()
         ex.pending = self.upstream.request(request.method, url, headers, body)
         ex.timer = self.clock.callLater(self.timeout, self._headers_timeout, ex)
-        request.notifyFinish().addErrback(self._client_gone, ex)
         ex.pending.addCallbacks(self._respond, self._upstream_failed,
                                 callbackArgs=(ex,), errbackArgs=(ex,))
 
@@ -355,12 +369,15 @@ class Bridge:
         if ex.client_gone:
             self._record(ex, status="client_disconnected", error="client disconnected before the answer")
             return
-        if ex.timed_out:
-            error: BridgeError = UpstreamTimeout("The upstream did not answer in time.")
+        if ex.shutdown:
+            error: BridgeError = ShuttingDown("The gateway is shutting down; retry.")
+        elif ex.timed_out:
+            error = UpstreamTimeout("The upstream did not answer in time.")
+        elif failure.check(BridgeError):
+            error = failure.value
         else:
-            reason = failure.getErrorMessage() if not failure.check(CancelledError) else "cancelled"
             self.log.warn("Upstream {provider} unreachable for {id}: {reason}",
-                          provider=ex.entry.name, id=ex.id, reason=records.scrub(reason, ex))
+                          provider=ex.entry.name, id=ex.id, reason=records.scrub(failure.getErrorMessage(), ex))
             error = UpstreamUnavailable("The upstream provider could not be reached.")
         self._refuse(ex, error)
 
@@ -379,9 +396,14 @@ class Bridge:
         reason = getattr(error, "reason", error.kind)
         self.metrics.inc(f"refused:{error.status}:{reason}")
         credential = ex.credential
+        message = records.scrub(error.message, ex)
+        if message != error.message:
+            # A path can carry a secret (a client's mistake); the answer and the log never do.
+            error = _masked(error, message)
         self.log.info("Refused {method} {path}: {status} ({reason}) client={client} "
                       "credential={credential_kind} hint={hint}",
-                      method=request.method.decode("latin-1", "replace"), path=records.printable(request.path),
+                      method=request.method.decode("latin-1", "replace"),
+                      path=records.scrub(records.printable(request.path), ex),
                       status=error.status, reason=reason, client=ex.client.name,
                       credential_kind=credential.source if credential is not None else "none",
                       hint=credential.hint if credential is not None else "none")
@@ -444,16 +466,41 @@ class Bridge:
             return d
         self._drained.append(d)
 
+        timers: list = []
+
         def expired() -> None:
+            # Each exchange stopped here records itself (as shutdown) and
+            # leaves in_flight when its relay or request notices, a reactor
+            # turn or two later; whatever has not by the hard cap is let go.
             for ex in list(self.in_flight):
                 ex.shutdown = True
                 ex.stop()
                 if ex.relay is not None:
                     ex.request.loseConnection()
+            timers.append(self.clock.callLater(DRAIN_HARD_CAP, forced))
+
+        def forced() -> None:
+            for ex in list(self.in_flight):
+                self._record(ex, status="shutdown", error="cut short by shutdown after the grace period")
                 self._close(ex)
-        timer = self.clock.callLater(grace, expired)
-        d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+        timers.append(self.clock.callLater(grace, expired))
+
+        def cancel(result: Any) -> Any:
+            for timer in timers:
+                if timer.active():
+                    timer.cancel()
+            return result
+        d.addBoth(cancel)
         return d
+
+
+def _masked(error: BridgeError, message: str) -> BridgeError:
+    """A copy of C{error} saying C{message} (its class, status and headers kept)."""
+    copy = BridgeError.__new__(type(error))
+    copy.__dict__.update(error.__dict__)
+    copy.message = message
+    copy.args = (message,)
+    return copy
 
 
 def _unknown_route(request: Any) -> NotFound:

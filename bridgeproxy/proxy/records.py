@@ -58,7 +58,7 @@ def interception(ex: Exchange, *, ended_at: float, status: str, error: Optional[
         started_at=ex.started,
         ended_at=ended_at,
         provider=ex.entry.name if ex.entry is not None else "unknown",
-        route=ex.route or printable(ex.subpath),
+        route=ex.route or scrub(printable(ex.subpath), ex),
         intercepted=bool(ex.route),
         method=request.method.decode("latin-1", "replace"),
         model=model,
@@ -81,5 +81,8 @@ def interception(ex: Exchange, *, ended_at: float, status: str, error: Optional[
         tool_calls=usage.tool_calls if usage else (),
         stop_reason=usage.stop_reason if usage else None,
         error=scrub(error, ex)[:MAX_ERROR_CHARS] if error else None,
-        status=status if (usage is None or usage.complete or status != "ok") else "incomplete",
+        # Only a stream can be cut before its terminal event; a blocking answer
+        # the parser could not read (an HTML error page) is what it is.
+        status="incomplete" if (status == "ok" and ex.streamed and usage is not None and not usage.complete)
+        else status,
     )

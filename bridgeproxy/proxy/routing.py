@@ -12,6 +12,7 @@ prefix (C{/v1/models/gpt-4o} for C{/openai/v1/models/gpt-4o}).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -45,7 +46,19 @@ def unsafe_path(path: bytes) -> Optional[str]:
             return "the path contains a '.' or '..' segment"
     if any(c < 0x20 or c == 0x7F for c in path):
         return "the path contains a control character"
+    if path.translate(None, _PATH_BYTES):
+        # '#' ends the URL and ';' starts parameters for the HTTP client that
+        # forwards it: what it sent would not be the path checked here.
+        return "the path contains a character that is not allowed in a path"
+    if _BAD_ESCAPE.search(path):
+        return "the path contains a malformed percent-escape"
     return None
+
+
+#: What a path may hold: RFC 3986's path characters, less ';' (parameters).
+_PATH_BYTES = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+               b"-._~!$&'()*+,=:@%/")
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 
 def _segments(path: bytes) -> list[bytes]:

@@ -7,7 +7,8 @@ it to be transparent, so the client is set up to add nothing of its own:
 no cookie jar shared between users, no redirects followed (the client gets
 the 3xx), and no C{Accept-Encoding} added (the bridge reads intercepted
 answers as they stream; a client's own C{Accept-Encoding} on a passthrough
-route is kept).
+route is kept).  One thing treq does keep: a gzip answer to a passthrough
+request that asked for it is decoded, and reaches the client as identity.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from typing import Any, Optional
 
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.ssl import Certificate
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _StandardEndpointFactory
+from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _StandardEndpointFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from bridgeproxy.config import UpstreamConfig
+from bridgeproxy.errors import BadRequest
 
 
 @implementer(IBodyProducer)
@@ -110,14 +112,20 @@ class _AsSent:
     """
     Below treq: takes back the C{Accept-Encoding: gzip} value treq's content
     decoder appends to every request, so that the headers the pipeline
-    built are the headers the upstream gets.
+    built are the headers the upstream gets; and refuses a request whose
+    URL the agent would send otherwise than the pipeline checked it.
     """
 
     def __init__(self, agent: Any):
         self._agent = agent
+        #: The URL the pipeline is sending now (treq calls down synchronously).
+        self.expected: Optional[bytes] = None
 
     def request(self, method: bytes, uri: bytes, headers: Optional[Headers] = None,
                 bodyProducer: Any = None) -> Deferred:
+        sent = URI.fromBytes(uri)
+        if uri != self.expected or sent.originForm != _origin_form(uri):
+            return fail(BadRequest("Refused path: it would not reach the provider as it was checked."))
         if headers is not None:
             values = headers.getRawHeaders(b"accept-encoding")
             if values and values[-1] == b"gzip":
@@ -139,19 +147,29 @@ class Upstream:
     """
 
     def __init__(self, agent: Any, clock: Any):
-        self.agent = agent
         self._clock = clock
-        self._client = HTTPClient(_AsSent(agent), cookiejar=_NoCookies())
+        self._sent = _AsSent(agent)
+        self._client = HTTPClient(self._sent, cookiejar=_NoCookies())
 
     def request(self, method: bytes, url: bytes, headers: Headers, body: Optional[bytes]) -> Deferred:
         """
         Send one request; fires with the response (its body not read yet:
         the caller delivers it to a protocol of its own, with back-pressure).
+
+        @raise BadRequest: (as the Deferred's failure) when the URL would not
+            reach the upstream exactly as given.
         """
+        self._sent.expected = url
         return self._client.request(
             method.decode("ascii"), url, headers=headers,
             data=BytesProducer(body) if body is not None else None,
             allow_redirects=False, unbuffered=True, reactor=self._clock)
+
+
+def _origin_form(uri: bytes) -> bytes:
+    """The path and query of an absolute URL, as written."""
+    start = uri.find(b"/", uri.find(b"://") + 3)
+    return uri[start:] if start >= 0 else b"/"
 
 
 __all__ = ["BytesProducer", "Upstream", "make_agent"]
