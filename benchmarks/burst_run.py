@@ -21,11 +21,16 @@ as at a morning login), warms each target with a few small requests, then
 runs benchmarks/burst.py against the targets one after the other.
 
 More bridges can be measured side by side, e.g. an out-of-tree prototype:
-  --bridge proto=/tmp/burst-proto     (runs twistd bridgeproxy from that tree)
+  --bridge base=/tmp/clone --bridge proto=/tmp/burst-proto --bridge-python /tmp/venv/bin/python
+(twistd bridgeproxy from each tree; the Python must be a virtualenv without
+bridgeproxy installed, or twistd loads the installed plugin modules).
+--profile NAME records a py-spy profile of that target's burst.
 
-Usage: .venv/bin/python benchmarks/burst_run.py [--streams 2000] [--rounds 1]
-       [--bridge-backlog 4096|default] [--bridge NAME=TREE ...] [--out FILE]
-Needs no wrk.  Not part of the test suite; it wants the machine to itself.
+Usage: .venv/bin/python benchmarks/burst_run.py [--rounds 3] [--also-rproxy-backlog 4096]
+       [--streams 2000] [--bridge-backlog 4096|default] [--bridge NAME=TREE ...] [--out FILE]
+Needs no wrk; raises its own open-files limit (as run.sh's ulimit -n).  Not
+part of the test suite: a round takes about a minute and wants the machine
+to itself.
 """
 
 import argparse

@@ -15,6 +15,9 @@ Targets (each a separate process in front of the same fake upstream):
 Load: wrk (Debian package `wrk`) for requests/s (-c 32) and latency (-c 1);
 benchmarks/streams.py for N concurrent streams.
 
+A login burst (N streams opened at the same moment, issue 13) is its own
+scenario, without wrk: .venv/bin/python benchmarks/burst_run.py (see there).
+
 Usage: bash benchmarks/run.sh [--seconds 5] [--streams 2000] [--out FILE]
 (starts a throw-away PostgreSQL like the tests do, then runs this script)
 Not part of the test suite: it takes minutes and wants the machine to itself.
