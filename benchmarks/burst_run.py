@@ -42,6 +42,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -87,6 +88,35 @@ def raise_nofile():
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of process C{pid} so far (its threads included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuSampler(threading.Thread):
+    """Samples a process's CPU time every 20 ms, to tell what the set-up of a burst cost it."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.samples, self.stopped = pid, [], threading.Event()
+
+    def run(self):
+        while not self.stopped.is_set():
+            try:
+                self.samples.append((time.monotonic(), cpu_seconds(self.pid)))
+            except OSError:
+                return
+            time.sleep(0.02)
+
+    def used(self, start, end):
+        """CPU seconds used between the monotonic times C{start} and C{end} (nearest samples)."""
+        def at(t):
+            return min(self.samples, key=lambda s: abs(s[0] - t))[1]
+        return at(end) - at(start) if self.samples else None
 
 
 def warm(url, token):
@@ -172,15 +202,29 @@ spool_path = "{tmp / f'{name}-{round_}-spool.jsonl'}"
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 profilers.append(profiler)
                 time.sleep(1.0)
+            sampler = CpuSampler(pids[name])
+            sampler.start()
+            time.sleep(0.1)
+            began = time.monotonic()
             out = subprocess.run([PY, str(ROOT / "benchmarks" / "burst.py"), f"127.0.0.1:{ports[port_name]}", path,
                                   str(args.streams)] + ([token] if token else []),
                                  capture_output=True, text=True, timeout=300)
+            ended = time.monotonic()
+            sampler.stopped.set()
+            sampler.join()
             if args.profile and name in args.profile:
                 profiler.wait(60)
             try:
                 results[name] = json.loads(out.stdout.strip().splitlines()[-1])
             except (IndexError, ValueError):
                 raise SystemExit(f"burst.py against {name} failed: {out.stderr[-2000:]}")
+            # The server's CPU time until the p99 stream had its first event
+            # (the set-up of the burst; burst.py's own start-up, ~0.1 s, is
+            # idle time for the server), and over the whole burst.
+            p99 = results[name]["ttfb_p99_ms"]
+            setup = sampler.used(began, began + 0.15 + p99 / 1000) if p99 is not None else None
+            results[name]["cpu_setup_ms"] = round(1000 * setup) if setup is not None else None
+            results[name]["cpu_total_s"] = round(sampler.used(began, ended), 2)
             print(f"round {round_ + 1} {name} {json.dumps(results[name])}", flush=True)
     finally:
         for p in profilers + procs:
@@ -204,8 +248,8 @@ def render(rounds, args, nofile):
         f"accept queue (retried after 1 s).",
         "",
         "| round | target | ok | failures | connect p99 (ms) | TTFB p50 (ms) | TTFB p99 (ms) | TTFB max (ms) "
-        "| wall (s) | p50 / rproxy | p99 / rproxy | p99 / best naive |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| wall (s) | p50 / rproxy | p99 / rproxy | p99 / best naive | server CPU to p99 (ms) | server CPU total (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, results in enumerate(rounds):
         naive = results.get("rproxy")
@@ -221,7 +265,7 @@ def render(rounds, args, nofile):
             kinds = ", ".join(f"{k} {v}" for k, v in r.get("failure_kinds", {}).items())
             lines.append(f"| {i + 1} | {name} | {r['ok']} | {r['failures']}{f' ({kinds})' if kinds else ''} | "
                          f"{r['connect_p99_ms']} | {r['ttfb_p50_ms']} | {r['ttfb_p99_ms']} | {r['ttfb_max_ms']} | {r['wall_s']} | "
-                         f"{ratio50} | {ratio99} | {ratio_best} |")
+                         f"{ratio50} | {ratio99} | {ratio_best} | {r.get('cpu_setup_ms')} | {r.get('cpu_total_s')} |")
     return "\n".join(lines) + "\n"
 
 
