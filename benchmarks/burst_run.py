@@ -38,7 +38,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,28 +46,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from ports import free_port, wait_port  # noqa: E402 - benchmarks/ is the script's directory
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 #: The bridge's [auth] cache_seconds default.
 KEY_CACHE_SECONDS = 5.0
 SMALL = b'{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}'
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, seconds=30):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"port {port} did not open")
 
 
 def serve_rproxy(listen, upstream, backlog):

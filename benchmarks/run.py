@@ -30,33 +30,17 @@ import re
 import shutil
 import statistics
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from ports import free_port, wait_port  # noqa: E402 - benchmarks/ is the script's directory
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 BODY = '{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}'
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, seconds=30):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"port {port} did not open")
 
 
 def wrk(url, connections, seconds, token):
