@@ -167,3 +167,16 @@ def test_detector_chain_first_answer_wins():
     assert detect_client([first, second, third], request(), None) == ClientInfo("Plugin")
     assert third.calls == 0
     assert detect_client([], request(), None) == UNKNOWN_CLIENT
+
+
+def test_detectors_see_the_parsed_body():
+    """Each detector is given the request's parsed body (a plugin may read its session id there)."""
+    seen = []
+
+    class BodyReader:
+        def detect(self, request, body):
+            seen.append(body)
+            return None
+    body = {"metadata": {"user_id": "x"}}
+    detect_client([BodyReader()], request(), body)
+    assert seen == [body]

@@ -242,3 +242,32 @@ def test_response_headers_copied_less_hop_by_hop_and_length():
     copy_response_headers(source, target)
     assert names(target) == {b"server": [b"bridge"], b"content-type": [b"text/event-stream"],
                              b"request-id": [b"req_1"], b"set-cookie": [b"a=1", b"b=2"]}
+
+
+def test_connection_tokens_without_spaces():
+    """Connection tokens are comma-separated, with or without spaces."""
+    request = Request([(b"Connection", b"X-Secret,x-other"), (b"X-Secret", b"s"), (b"X-Other", b"o"),
+                       (b"X-Kept", b"k")])
+    assert names(upstream_headers(request, intercepted=False)) == {b"x-kept": [b"k"]}
+
+
+def test_byok_refusal_message():
+    """The client is told in plain words that its own key is not allowed."""
+    with pytest.raises(PermissionDenied) as caught:
+        headers_after(Credential(TOKEN, "x-coder-token"), [(b"X-Api-Key", b"sk-own")], byok=False)
+    assert str(caught.value) == "Using your own provider key is not allowed by this gateway."
+
+
+def test_tokens_outside_latin1_do_not_break_the_request():
+    """A token with characters outside Latin-1 is still looked for, without failing."""
+    headers = Headers({b"X-Safe": [b"y"]})
+    assert drop_token(headers, "bp_\u20ac") == 0
+    assert drop_token_from_query(b"a=1", "bp_\u20ac") == b"a=1"
+    assert names(headers) == {b"x-safe": [b"y"]}
+
+
+def test_forwarded_proto_chain_of_several_values():
+    """Several X-Forwarded-Proto values are joined with this hop's at the end."""
+    headers = Headers({b"X-Forwarded-Proto": [b"https", b"http"]})
+    add_forwarded(headers, Request([]))
+    assert headers.getRawHeaders(b"x-forwarded-proto") == [b"https, http, http"]

@@ -299,3 +299,12 @@ def test_every_stale_answer_is_counted(logged):
     result_of(keys.identify("new"))
     assert [formatEvent(e) for e in logged if "Key store" in e.get("log_format", "")] == [
         "Key store unavailable: connection refused"]
+
+
+def test_the_plugin_itself_must_be_configured_first():
+    """The keystore plugin object answers nothing until configured: it says so."""
+    plugin = KeystorePlugin()
+    with pytest.raises(NotImplementedError, match=r"^configure\(\) first$"):
+        plugin.identify("t")
+    with pytest.raises(NotImplementedError, match=r"^configure\(\) first$"):
+        plugin.lookup_user("u")

@@ -191,3 +191,38 @@ def test_owner_resolver_defaults_refuse_everyone():
     resolver = CoderAgentsOwnerResolver()
     assert resolve(resolver, (b"X-Coder-Owner-Id", OWNER.encode())) is TOKEN_USER
     assert resolve(resolver, (b"X-Coder-Owner-Id", b"junk")) is TOKEN_USER
+
+
+# -- the audit trail: what the log says -------------------------------------------------------------
+
+
+def audit_lines(logged) -> list[str]:
+    from twisted.logger import formatEvent
+    return [formatEvent(e) for e in logged if e.get("log_namespace", "").endswith("CoderAgentsOwnerResolver")]
+
+
+def test_audit_lines(logged):
+    """Every delegation decision is one log line naming the header, the token's user and the owner named."""
+    identities = Identities(by_id={OWNER: Identity(OWNER, "olivia")})
+    accepting, _ = owner_resolver(identities)
+    refusing, _ = owner_resolver(identities, delegators=frozenset({OTHER}))
+    resolve(accepting, (b"X-Coder-Owner-Id", OWNER.encode()))
+    resolve(refusing, (b"X-Coder-Owner-Id", OWNER.encode()))
+    resolve(accepting, (b"X-Coder-Owner-Id", b"not-a-uuid"))
+    assert audit_lines(logged) == [
+        f"Initiator override by X-Coder-Owner-Id: token belongs to {SERVICE} (svc), initiator is {OWNER}",
+        f"Refused X-Coder-Owner-Id override: token of {SERVICE} (svc) is not a configured delegator; "
+        f"header named {OWNER}; initiator stays {SERVICE}",
+        f"Ignored X-Coder-Owner-Id: not a canonical UUIDv4 (10 characters); initiator stays {SERVICE}",
+    ]
+    assert [e["log_level"].name for e in logged if "X-Coder-Owner-Id" in e.get("header", "")] == [
+        "info", "warn", "warn"]
+
+
+def test_refusal_messages_shown_to_clients():
+    """A disabled user is told so in those words (the client shows the message)."""
+    resolver = TokenResolver(Identities({"off": Identity(SERVICE, "svc", disabled=True)}))
+    failure = result_of(resolver.resolve(request(), Credential("off", "authorization"), AGENTS, None))
+    assert str(failure.value) == "This user is disabled."
+    owner, _ = owner_resolver(Identities(by_id={OWNER: Identity(OWNER, "o", disabled=True)}))
+    assert str(resolve(owner, (b"X-Coder-Owner-Id", OWNER.encode())).value) == "This user is disabled."

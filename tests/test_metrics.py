@@ -143,7 +143,7 @@ def test_queue_depth_is_read_when_scraped():
 
 def test_exposition_lists_every_series_with_help():
     """The exposition is Prometheus text naming every series the bridge keeps, with its help text."""
-    text = Metrics().exposition().decode()
+    families = {f.name: f.documentation for f in text_string_to_metric_families(Metrics().exposition().decode())}
     for name, help_text in [
         ("bridgeproxy_requests", "Requests served, by outcome"),
         ("bridgeproxy_streams_in_flight", "Streams being relayed"),
@@ -156,7 +156,7 @@ def test_exposition_lists_every_series_with_help():
         ("bridgeproxy_recording_queue_depth", "Records waiting for the store"),
         ("bridgeproxy_events", "Other named events"),
     ]:
-        assert f"# HELP {name}" in text and help_text in text, name
+        assert families[name] == help_text, name
 
 
 def test_latency_histograms_by_provider_with_fixed_buckets():
@@ -171,6 +171,8 @@ def test_latency_histograms_by_provider_with_fixed_buckets():
     assert value(m, "bridgeproxy_upstream_latency_seconds_bucket", provider="openai", le="0.1") == 0
     assert value(m, "bridgeproxy_upstream_ttfb_seconds_bucket", provider="openai", le="300.0") == 0
     assert value(m, "bridgeproxy_upstream_ttfb_seconds_count", provider="openai") == 1
+    ttfb = sorted(float(dict(k[1])["le"]) for k in s if k[0] == "bridgeproxy_upstream_ttfb_seconds_bucket")
+    assert ttfb == buckets
 
 
 def test_each_metrics_has_its_own_registry():

@@ -247,3 +247,38 @@ def test_a_stream_ending_in_a_lone_cr_is_complete():
     usage = parser.finish()
     assert parser.events_seen == [(None, {"n": 1})]
     assert usage.complete is True
+
+
+def test_a_body_that_grows_past_the_limit_is_not_parsed(monkeypatch):
+    """The limit is on the whole body, however it is chunked: chunks under it that add up to more are not parsed."""
+    monkeypatch.setattr(base, "MAX_PARSED_BODY", 10)
+    parser = Recording(streamed=False)
+    parser.feed(b'{"a": ')
+    parser.feed(b'"xx"}')  # 11 bytes of valid JSON in all
+    assert parser.finish().complete is False
+    assert parser.json_seen == []
+
+
+def test_one_byte_past_the_limit_is_not_parsed(monkeypatch):
+    """A body one byte over the limit is not parsed, even when its first part alone was valid JSON."""
+    body = b'{"a": "x"}'
+    monkeypatch.setattr(base, "MAX_PARSED_BODY", len(body))
+    parser = Recording(streamed=False)
+    parser.feed(body)
+    parser.feed(b" ")
+    parser.finish()
+    assert parser.json_seen == []
+
+
+def test_events_after_done_in_the_same_chunk_are_still_read():
+    """[DONE] does not stop the reading of what follows it in the same chunk."""
+    parser = Recording(streamed=True)
+    parser.feed(b'data: [DONE]\n\ndata: {"late": true}\n\n')
+    assert parser.events_seen == [(None, {"late": True})]
+
+
+def test_routes_are_exact_paths():
+    """Only the route's own path (with trailing slashes) is the route: not a longer name."""
+    routes = {b"/v1/messages": "messages"}
+    for path in (b"/v1/messagesX", b"/v1/messagesXX/", b"/v1/messages-x"):
+        assert route_of(routes, path) is None, path

@@ -180,3 +180,15 @@ def test_the_providers_default_allow_lists_parse():
     anthropic = Passthrough.parse(AnthropicProvider.passthrough)
     assert anthropic.allows(b"POST", b"/api/event_logging/batch")
     assert not anthropic.allows(b"GET", b"/v1/messages/count_tokens")
+
+
+def test_trailing_slash_after_one_segment():
+    """A single segment with a trailing slash matches the rule for that segment."""
+    assert rule("GET /v1").allows(b"GET", b"/v1/")
+    assert rule("GET /v1").pattern == rule("GET /v1/").pattern == (b"v1",)
+
+
+def test_star_never_matches_the_root():
+    """'/*' does not allow '/' (there is no segment there)."""
+    assert not rule("GET /*").allows(b"GET", b"/")
+    assert rule("GET /*").allows(b"GET", b"/x")
