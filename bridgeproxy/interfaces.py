@@ -114,6 +114,16 @@ class IUsageParser(Interface):
     def feed(data):
         """Take the next bytes of the response body (any chunk boundaries)."""
 
+    def ended():
+        """
+        Asked once a stream's connection has ended, before C{finish}.
+
+        @return: whether the stream is whole: its terminal event went by, or
+            the upstream reported an error in it.  When it is not, the
+            client gets the provider's error event appended and the record
+            says C{incomplete}.
+        """
+
     def finish():
         """
         @return: the L{bridgeproxy.types.Usage} seen so far; called once, at

@@ -33,7 +33,14 @@ def to_json(record: Interception) -> str:
 
 
 def from_json(line: str) -> Interception:
+    """
+    A spooled record.
+
+    @raise ValueError: for a line that is not one (not JSON, or JSON that is not a record).
+    """
     data = json.loads(line)
+    if not isinstance(data, dict):
+        raise ValueError("a spool line must be a JSON object")
     data["tool_calls"] = tuple(ToolCall(**t) for t in data.get("tool_calls") or ())
     return Interception(**data)
 

@@ -55,6 +55,16 @@ class SSEParser:
             self._line(line, events)
         return events
 
+    def close(self) -> list[tuple[Optional[str], str]]:
+        """
+        The stream ended: a CR held back (it might have been half of a CRLF)
+        ends its line after all.  Return the events that completes.
+        """
+        if not self._cr:
+            return []
+        self._cr = False
+        return self.feed(b"\n")
+
     def _line(self, line: bytes, events: list) -> None:
         if not line:
             if self._data:

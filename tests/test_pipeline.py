@@ -579,3 +579,15 @@ def test_the_bridges_own_endpoints_are_exact_paths():
     assert g.send("GET", "/healthz").status == 200
     assert g.send("GET", "/healthz/x").status == 404
     assert g.send("GET", "/metrics").status == 404  # served on metrics_listen here
+
+
+def test_a_stream_ending_in_a_lone_cr_is_whole():
+    """SSE allows CR line ends: a stream whose terminal event ends with a lone CR is relayed as it is, with no
+    error event appended, and recorded ok."""
+    g = memory.gateway()
+    events = [b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o","choices":[]}\r\r',
+              b"data: [DONE]\r\r"]
+    g.upstream.handler = memory.sse_answer(events)
+    answer = g.send("POST", "/openai/v1/chat/completions", {**CHAT, "stream": True}, BEARER)
+    assert answer.body == b"".join(events)
+    assert g.records[0].status == "ok"

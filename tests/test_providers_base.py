@@ -237,9 +237,6 @@ def test_usage_carries_every_count():
                                     cache_write_tokens=4, stop_reason="end", error="boom", complete=False)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: SSEParser holds a chunk's final CR until the next byte (it may be "
-                   "half of CRLF) and nothing flushes it when the stream ends, so with CR line endings the last "
-                   "event is never dispatched and a complete stream is recorded as incomplete")
 def test_a_stream_ending_in_a_lone_cr_is_complete():
     """SSE allows lone CR line ends: a stream whose last blank line is a CR ends complete."""
     parser = Recording(streamed=True)

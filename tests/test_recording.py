@@ -383,9 +383,6 @@ def test_corrupt_spool_lines_are_counted_and_skipped(tmp_path):
     assert metrics.get("spool_corrupt") == 4
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a spool line that is JSON but not an object (e.g. '[1]', 'null') "
-                   "raises AttributeError out of Recorder._replay_spool (only ValueError/TypeError are caught): "
-                   "start() fails and the spool is left renamed to *.replay, never replayed")
 def test_spool_lines_that_are_json_but_not_records_are_counted_and_skipped(tmp_path):
     """A spool line that is valid JSON but not an object is corrupt like any other: counted, skipped, the rest replayed."""
     (tmp_path / "spool.jsonl").write_text("[1]\nnull\n" + to_json(rec(1)) + "\n")

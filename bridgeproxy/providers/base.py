@@ -83,23 +83,34 @@ class UsageParser:
 
     def feed(self, data: bytes) -> None:
         if self._sse is not None:
-            for event, payload in self._sse.feed(data):
-                if payload == "[DONE]":
-                    self.complete = True
-                    continue
-                if self.uninteresting(event, payload):
-                    continue
-                try:
-                    obj = json.loads(payload)
-                except ValueError:
-                    continue
-                if isinstance(obj, dict):
-                    self.on_event(event, obj)
+            self._dispatch(self._sse.feed(data))
         elif self._size <= MAX_PARSED_BODY:
             self._size += len(data)
             self._body.append(data)
 
+    def _dispatch(self, events: list[tuple[Optional[str], str]]) -> None:
+        for event, payload in events:
+            if payload == "[DONE]":
+                self.complete = True
+                continue
+            if self.uninteresting(event, payload):
+                continue
+            try:
+                obj = json.loads(payload)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                self.on_event(event, obj)
+
+    def ended(self) -> bool:
+        """Whether the stream is whole: its terminal event went by, or the upstream reported an error in it."""
+        if self._sse is not None:
+            self._dispatch(self._sse.close())
+        return self.complete or self.error is not None
+
     def finish(self) -> Usage:
+        if self._sse is not None:
+            self._dispatch(self._sse.close())
         if self._sse is None and self._size <= MAX_PARSED_BODY and self._body:
             try:
                 obj = json.loads(b"".join(self._body))

@@ -308,13 +308,10 @@ class Bridge:
         route = ex.route or ""
         tail = (lambda kind, message: provider.stream_error_event(route, kind, message)) if stream else None
         parser = ex.parser
-        # A stream is whole once its terminal event went by, or once the
-        # upstream put an error event in it (the client has an error then).
-        terminal = (lambda: parser.complete or parser.error is not None) \
-            if stream and parser is not None else None
         ex.relay = Relay(request, self.clock, self.timeout,
                          parser.feed if parser is not None else None,
-                         lambda outcome, failure: self._relayed(ex, outcome, failure), tail, terminal)
+                         lambda outcome, failure: self._relayed(ex, outcome, failure), tail,
+                         parser.ended if stream and parser is not None else None)
         response.deliverBody(ex.relay)
         ex.relay.delivered()
 
