@@ -210,6 +210,14 @@ def test_interceptions_list_filters_and_limit(config):
     assert ids("--limit", " 2 ") == ["id-3", "id-2"]
 
 
+def test_interceptions_list_shows_the_newest_hundred_by_default(config):
+    """Without --limit, `interceptions list` shows the newest 100."""
+    store(config).insert_interceptions([rec(n) for n in range(101)])
+    code, out = run("interceptions", "list", "--config", config, "--json")
+    rows = json.loads(out)
+    assert len(rows) == 100 and rows[0]["id"] == "id-100" and rows[-1]["id"] == "id-1"
+
+
 def test_interceptions_list_json(config):
     """`interceptions list --json` gives ISO times, booleans and integers."""
     store(config).insert_interceptions([rec(1, streamed=False, upstream_status=None)])

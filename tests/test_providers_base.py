@@ -279,3 +279,32 @@ def test_routes_are_exact_paths():
     routes = {b"/v1/messages": "messages"}
     for path in (b"/v1/messagesX", b"/v1/messagesXX/", b"/v1/messages-x"):
         assert route_of(routes, path) is None, path
+
+
+def test_ended_says_whether_a_stream_is_whole():
+    """A stream is whole once its terminal event went by, or once the upstream reported an error in it."""
+    parser = Recording(streamed=True)
+    parser.feed(b'data: {"n": 1}\n\n')
+    assert parser.ended() is False
+    parser.feed(b"data: [DONE]\n\n")
+    assert parser.ended() is True
+    erring = Recording(streamed=True)
+    erring.error = "overloaded"
+    assert erring.ended() is True
+
+
+def test_ended_flushes_a_final_cr():
+    """A stream whose terminal event ends with a lone CR is whole when asked at its end."""
+    parser = Recording(streamed=True)
+    parser.feed(b'data: {"n": 1}\r\rdata: [DONE]\r\r')
+    assert parser.ended() is True
+    assert parser.events_seen == [(None, {"n": 1})]
+
+
+def test_ended_for_a_blocking_answer():
+    """A blocking answer is whole once finished with a JSON object (ended() does not parse it)."""
+    parser = Recording(streamed=False)
+    parser.feed(b'{"a": 1}')
+    assert parser.ended() is False
+    parser.finish()
+    assert parser.ended() is True

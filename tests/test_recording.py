@@ -107,6 +107,9 @@ def test_spool_lines_round_trip():
     assert "\n" not in line and ": " not in line
     assert from_json(line) == record
     assert from_json(to_json(rec(2))) == rec(2)
+    for line in ("[1]", "null", "3"):
+        with pytest.raises(ValueError, match="^a spool line must be a JSON object$"):
+            from_json(line)
 
 
 # -- the timer and batches ---------------------------------------------------------------------------

@@ -134,3 +134,21 @@ def test_event_size_counter_is_reset_per_event(monkeypatch):
 def test_default_limit_is_sixteen_megabytes():
     """The documented bound on one event is 16 MiB."""
     assert sse.MAX_EVENT_BYTES == 16 * 1024 * 1024
+
+
+def test_close_ends_a_line_held_back_by_a_final_cr():
+    """At the end of the stream, a CR that ended the last chunk ends its line: the last event is reported."""
+    parser = SSEParser()
+    assert parser.feed(b"data: a\r\r") == []
+    assert parser.close() == [(None, "a")]
+    assert parser.close() == []
+
+
+def test_close_without_a_held_cr_reports_nothing():
+    """Closing a stream that ended cleanly, or in the middle of an event, reports nothing more."""
+    parser = SSEParser()
+    assert parser.feed(b"data: a\n\n") == [(None, "a")]
+    assert parser.close() == []
+    parser = SSEParser()
+    parser.feed(b"data: cut")
+    assert parser.close() == []

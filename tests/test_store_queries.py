@@ -54,8 +54,9 @@ def test_hash_token_is_sha256_hex():
 @pytest.mark.parametrize("url", ["mysql://h/db", "sqlite", "/tmp/x.db", ""])
 def test_unknown_database_urls_are_configuration_errors(url):
     """Only sqlite: and postgresql:// URLs are stores."""
-    with pytest.raises(ConfigError, match="database must be 'sqlite:PATH' or 'postgresql://...'"):
+    with pytest.raises(ConfigError) as caught:
         Database(url)
+    assert str(caught.value) == "database must be 'sqlite:PATH' or 'postgresql://...'"
 
 
 def test_sqlite_without_a_path_is_in_memory():
@@ -448,3 +449,114 @@ def test_both_postgresql_schemes_are_postgresql(scheme):
     import psycopg
     with pytest.raises(psycopg.OperationalError):
         Database(f"{scheme}://u@127.0.0.1:1/x")
+
+
+# -- the PostgreSQL dialect, on a fake driver --------------------------------------------------------------
+#
+# A real server is exercised by tests/test_store.py when BRIDGEPROXY_TEST_POSTGRES is set.  Here a fake
+# psycopg connection speaks PostgreSQL's placeholder style (%s; a '?' is a syntax error there) and records
+# the statements, over an in-memory SQLite that stands in for the tables.
+
+
+class FakePostgres:
+    def __init__(self):
+        self.sqlite = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        self.statements: list[str] = []
+        self.closed = False
+
+    def cursor(self):
+        return FakeCursor(self)
+
+    def close(self):
+        self.closed = True
+
+
+class FakeCursor:
+    def __init__(self, conn):
+        self.conn = conn
+        self.inner = conn.sqlite.cursor()
+        self.description = None
+
+    def execute(self, statement, params=()):
+        self.conn.statements.append(statement)
+        if "?" in statement:
+            raise sqlite3.OperationalError("syntax error at or near '?' (PostgreSQL placeholders are %s)")
+        if "sqlite_master" in statement or "PRAGMA" in statement:
+            raise sqlite3.OperationalError("relation does not exist (PostgreSQL has no sqlite_master)")
+        if "pg_advisory" in statement:
+            self.description, self._rows = (("lock",),), [("",)]
+            return
+        if "information_schema.tables" in statement:
+            statement = statement.replace("information_schema.tables", "sqlite_master").replace(
+                "table_name", "type = 'table' AND name")
+        self.inner.execute(statement.replace("%s", "?"), params)
+        self.description, self._rows = self.inner.description, None
+
+    def fetchall(self):
+        return self._rows if self._rows is not None else self.inner.fetchall()
+
+    def close(self):
+        self.inner.close()
+
+
+@pytest.fixture
+def pg(monkeypatch):
+    import psycopg
+    server = FakePostgres()
+    opened = []
+
+    def connect(url, **options):
+        opened.append((url, options))
+        return server
+    monkeypatch.setattr(psycopg, "connect", connect)
+    db = Database("postgresql://u:pw@db.example/bridge")
+    db.server, db.opened = server, opened
+    return db
+
+
+def test_postgresql_connection(pg):
+    """A postgresql:// store is opened with autocommit and a connect timeout, as the PostgreSQL dialect."""
+    assert pg.dialect == "postgresql"
+    assert pg.opened == [("postgresql://u:pw@db.example/bridge", {"autocommit": True, "connect_timeout": 5})]
+    pg.close()
+    assert pg.server.closed
+
+
+def test_postgresql_migrations_run_under_an_advisory_lock(pg):
+    """Several instances starting at once migrate one at a time: the whole migration holds an advisory lock."""
+    assert pg.version() == 0
+    statements = pg.server.statements
+    del statements[:]
+    assert pg.migrate() == list(range(1, LATEST + 1))
+    assert statements[0] == "SELECT pg_advisory_lock(724311)"
+    assert statements[-1] == "SELECT pg_advisory_unlock(724311)"
+    assert statements.count("SELECT pg_advisory_lock(724311)") == 1
+    assert pg.version() == LATEST
+    del statements[:]
+    assert pg.migrate() == []
+    assert statements[0] == "SELECT pg_advisory_lock(724311)" and statements[-1] == "SELECT pg_advisory_unlock(724311)"
+
+
+def test_postgresql_lock_is_released_when_a_migration_fails(pg, monkeypatch):
+    """A failing migration still releases the lock (other instances are not blocked for ever)."""
+    monkeypatch.setattr(database_module, "MIGRATIONS", [["NOT SQL AT ALL"]])
+    monkeypatch.setattr(database_module, "LATEST", 1)
+    with pytest.raises(sqlite3.OperationalError):
+        pg.migrate()
+    assert pg.server.statements[-1] == "SELECT pg_advisory_unlock(724311)"
+
+
+def test_postgresql_queries_use_its_placeholders(pg):
+    """Every query works with PostgreSQL's %s placeholders: keys, identities, interceptions, totals, pruning."""
+    pg.migrate()
+    key_id, token = pg.create_key("alice", ALICE_ID)
+    assert pg.identify(token).user_id == ALICE_ID
+    assert pg.lookup_user(ALICE_ID).username == "alice"
+    assert pg.set_user_disabled("alice", True) is True
+    assert [k["key_id"] for k in pg.list_keys()] == [key_id]
+    assert pg.revoke_key(key_id) is True
+    assert pg.insert_interceptions([rec(1), rec(2)]) == 2
+    assert [r["id"] for r in pg.interceptions(initiator="alice", since=0.0, limit=5)] == ["id-0002", "id-0001"]
+    assert pg.usage(by="model")[0]["requests"] == 2
+    assert pg.prune(1001.5) == 1
+    assert not any("?" in s for s in pg.server.statements)
