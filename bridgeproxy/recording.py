@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
-from dataclasses import asdict
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -23,13 +22,14 @@ from twisted.logger import Logger
 
 from bridgeproxy.config import RecordingConfig
 from bridgeproxy.metrics import Metrics
-from bridgeproxy.types import Interception, ToolCall
+from bridgeproxy.types import Interception, record_dict, record_from_dict
 
 _MAX_BACKOFF = 30.0
 
 
 def to_json(record: Interception) -> str:
-    return json.dumps(asdict(record), separators=(",", ":"))
+    """A spool line: the record as data (L{bridgeproxy.types.record_dict})."""
+    return json.dumps(record_dict(record), separators=(",", ":"))
 
 
 def from_json(line: str) -> Interception:
@@ -41,8 +41,7 @@ def from_json(line: str) -> Interception:
     data = json.loads(line)
     if not isinstance(data, dict):
         raise ValueError("a spool line must be a JSON object")
-    data["tool_calls"] = tuple(ToolCall(**t) for t in data.get("tool_calls") or ())
-    return Interception(**data)
+    return record_from_dict(data)
 
 
 class Recorder:

@@ -8,8 +8,9 @@ traceback or a log line by accident, so the field that holds it is excluded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Optional
 
 
 def mask_secret(secret: str) -> str:
@@ -171,3 +172,58 @@ class Interception:
     def duration_ms(self) -> int:
         """How long the request took, in whole milliseconds."""
         return int(round((self.ended_at - self.started_at) * 1000))
+
+
+# -- an interception as data: declared once, by the dataclass above -----------------------------
+
+#: The keys of a record as data (the store's columns, the spool's and the
+#: API's JSON), in order: the fields of L{Interception}, then the derived
+#: C{duration_ms}.
+RECORD_KEYS: tuple[str, ...] = tuple(f.name for f in fields(Interception)) + ("duration_ms",)
+_BOOLEANS = frozenset(f.name for f in fields(Interception) if f.type in ("bool", bool))
+
+
+def record_dict(record: Interception) -> dict[str, Any]:
+    """
+    A record as JSON-ready data (the spool's lines, the API's and the
+    command line's JSON): every field, C{duration_ms}, and each tool call as
+    C{{"name", "arguments", "id"}}.
+    """
+    data = {key: getattr(record, key) for key in RECORD_KEYS}
+    data["tool_calls"] = [{"name": t.name, "arguments": t.arguments, "id": t.call_id} for t in record.tool_calls]
+    return data
+
+
+def record_from_dict(data: Mapping[str, Any]) -> Interception:
+    """
+    The record C{data} describes (as L{record_dict} made it; a tool call's
+    id may also be spelt C{call_id}, as spool files of earlier versions do).
+
+    @raise ValueError: when C{data} is not a record.
+    """
+    try:
+        values = {f.name: data[f.name] for f in fields(Interception) if f.name in data}
+        values["tool_calls"] = tuple(
+            ToolCall(name=t["name"], arguments=t.get("arguments", ""), call_id=t.get("id", t.get("call_id")))
+            for t in data.get("tool_calls") or ())
+        return Interception(**values)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"not an interception record: {e}") from None
+
+
+def record_row(record: Interception) -> tuple:
+    """A record as a row of the store, in L{RECORD_KEYS} order (booleans as 0/1, tool calls as JSON text)."""
+    data = record_dict(record)
+    return tuple(
+        int(value) if key in _BOOLEANS else
+        (json.dumps(value) if value else "[]") if key == "tool_calls" else value
+        for key, value in data.items())
+
+
+def row_dict(row: tuple) -> dict[str, Any]:
+    """A row of the store (in L{RECORD_KEYS} order) as L{record_dict}'s data."""
+    data = dict(zip(RECORD_KEYS, row))
+    for key in _BOOLEANS:
+        data[key] = bool(data[key])
+    data["tool_calls"] = json.loads(data["tool_calls"] or "[]")
+    return data

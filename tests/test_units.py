@@ -431,3 +431,45 @@ def test_a_record_after_the_recorder_stopped_is_spooled(tmp_path):
     recorder.record(late)
     assert not recorder.queue
     assert [from_json(line).id for line in spool.read_text().splitlines()] == ["late"]
+
+
+def _full_record(**changes):
+    from bridgeproxy.types import Interception, ToolCall
+    values = dict(id="r1", started_at=1.5, ended_at=2.75, provider="openai", route="responses", intercepted=True,
+                  method="POST", model="gpt-5", streamed=True, client="Codex", client_session_id="s",
+                  user_agent="codex/1", initiator_id="u1", initiator_username="alice", credential_user_id="u0",
+                  credential_kind="byok", credential_hint="sk-...x", upstream_status=200, http_status=200,
+                  input_tokens=1, output_tokens=2, cache_read_tokens=3, cache_write_tokens=4, prompt="p",
+                  tool_calls=(ToolCall("apply_patch", "*** Begin", "call_1"),), stop_reason="completed",
+                  error=None, status="ok")
+    values.update(changes)
+    return Interception(**values)
+
+
+def test_a_record_is_the_same_in_the_spool_the_store_and_the_api(tmp_path):
+    """One declaration: a record round-trips through the spool line and the store unchanged, and both spell
+    a tool call as {name, arguments, id} with duration_ms derived."""
+    from bridgeproxy.recording import from_json, to_json
+    from bridgeproxy.store import Database
+    from bridgeproxy.types import record_dict
+    record = _full_record()
+    assert from_json(to_json(record)) == record
+    db = Database(f"sqlite:{tmp_path / 'b.db'}")
+    db.migrate()
+    db.insert_interceptions([record])
+    (stored,) = db.interceptions()
+    assert stored == record_dict(record) == json.loads(to_json(record))
+    assert stored["tool_calls"] == [{"name": "apply_patch", "arguments": "*** Begin", "id": "call_1"}]
+    assert stored["duration_ms"] == 1250
+
+
+def test_a_spool_line_of_an_earlier_version_still_replays():
+    """Spool files written before the record was declared once (tool call ids spelt call_id, no
+    duration_ms) are read as the same record."""
+    from dataclasses import asdict
+
+    from bridgeproxy.recording import from_json
+    record = _full_record()
+    assert from_json(json.dumps(asdict(record))) == record
+    with pytest.raises(ValueError):
+        from_json(json.dumps({"id": "only-an-id"}))

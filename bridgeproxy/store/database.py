@@ -10,7 +10,6 @@ directly.
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 import sqlite3
 import time
@@ -19,7 +18,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from bridgeproxy.errors import ConfigError
 from bridgeproxy.store.schema import INTERCEPTION_COLUMNS, LATEST, MIGRATIONS
-from bridgeproxy.types import Identity, Interception, mask_secret
+from bridgeproxy.types import Identity, Interception, mask_secret, record_row, row_dict
 
 TOKEN_PREFIX = "bp_"
 #: Rows per INSERT statement (29 columns each; SQLite allows 32766 parameters).
@@ -279,14 +278,7 @@ class Database:
             f"ORDER BY started_at DESC, id LIMIT ? OFFSET ?",
             (*params, limit, offset),
         )
-        result = []
-        for row in rows:
-            record = dict(zip(INTERCEPTION_COLUMNS, row))
-            record["tool_calls"] = json.loads(record["tool_calls"] or "[]")
-            record["intercepted"] = bool(record["intercepted"])
-            record["streamed"] = bool(record["streamed"])
-            result.append(record)
-        return result
+        return [row_dict(row) for row in rows]
 
     def usage(self, *, by: str = "initiator", initiator: Optional[str] = None,
               client: Optional[str] = None, since: Optional[float] = None) -> list[dict[str, Any]]:
@@ -328,14 +320,4 @@ class Database:
 
 def interception_row(r: Interception) -> tuple:
     """An interception as a row in C{INTERCEPTION_COLUMNS} order."""
-    # Written out rather than dataclasses.asdict: this runs for every
-    # request, on the store's thread, holding the GIL the reactor needs.
-    tools = json.dumps([{"name": t.name, "arguments": t.arguments, "id": t.call_id} for t in r.tool_calls]) \
-        if r.tool_calls else "[]"
-    return (
-        r.id, r.started_at, r.ended_at, r.duration_ms, r.provider, r.route, int(r.intercepted), r.method,
-        r.model, int(r.streamed), r.client, r.client_session_id, r.user_agent, r.initiator_id,
-        r.initiator_username, r.credential_user_id, r.credential_kind, r.credential_hint, r.upstream_status,
-        r.http_status, r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens, r.prompt, tools,
-        r.stop_reason, r.error, r.status,
-    )
+    return record_row(r)

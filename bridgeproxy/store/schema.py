@@ -6,6 +6,8 @@ dialects.  C{schema_version} holds the number of the last one applied; a
 migration is applied in one transaction with the bump of that number.
 """
 
+from bridgeproxy.types import RECORD_KEYS
+
 MIGRATIONS: list[list[str]] = [
     # 1: users, keys, interceptions
     [
@@ -67,12 +69,5 @@ MIGRATIONS: list[list[str]] = [
 
 LATEST = len(MIGRATIONS)
 
-INTERCEPTION_COLUMNS = (
-    "id", "started_at", "ended_at", "duration_ms", "provider", "route",
-    "intercepted", "method", "model", "streamed", "client",
-    "client_session_id", "user_agent", "initiator_id", "initiator_username",
-    "credential_user_id", "credential_kind", "credential_hint",
-    "upstream_status", "http_status", "input_tokens", "output_tokens", "cache_read_tokens",
-    "cache_write_tokens", "prompt", "tool_calls", "stop_reason", "error",
-    "status",
-)
+#: The interceptions table's columns, as the record declares them.
+INTERCEPTION_COLUMNS = RECORD_KEYS
