@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_e2e_metrics -*-
+# -*- test-case-name: tests.test_e2e_metrics,tests.test_metrics -*-
 """
 Metrics: Prometheus series (C{GET /metrics}) and plain counters that the
 pipeline, the recorder and plugins bump by name.

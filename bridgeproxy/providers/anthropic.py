@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_providers -*-
+# -*- test-case-name: tests.test_providers,tests.test_providers_anthropic -*-
 """
 Anthropic: messages are intercepted; the rest of C{/v1/*} (count_tokens,
 models, ...) is passed through.

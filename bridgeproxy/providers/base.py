@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_providers -*-
+# -*- test-case-name: tests.test_providers,tests.test_providers_base -*-
 """
 What the providers share: the usage-parser skeleton (blocking JSON or SSE)
 and helpers for reading untrusted JSON.

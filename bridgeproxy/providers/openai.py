@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_providers -*-
+# -*- test-case-name: tests.test_providers,tests.test_providers_openai -*-
 """
 OpenAI: chat completions and responses are intercepted; the rest of
 C{/v1/*} is passed through.

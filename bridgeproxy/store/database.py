@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store -*-
+# -*- test-case-name: tests.test_store,tests.test_store_queries -*-
 """
 Synchronous access to the store, the same for SQLite and PostgreSQL.
 
