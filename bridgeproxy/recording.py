@@ -111,7 +111,7 @@ class Recorder:
         if self._flushing is not None:
             return self._flushing
         if not self.queue:
-            if self._backoff == 0 and os.path.exists(self.config.spool_path):
+            if self._backoff == 0 and self._spooled():
                 self._replay_spool()
             if not self.queue:
                 return succeed(None)
@@ -192,13 +192,21 @@ class Recorder:
         self.log.warn("Spooled {count} records to {path} while the store is unavailable",
                       count=count, path=self.config.spool_path)
 
+    def _spooled(self) -> bool:
+        """Whether records wait in the spool (or in a replay a process died in the middle of)."""
+        path = self.config.spool_path
+        return os.path.exists(path) or os.path.exists(path + ".replay")
+
     def _replay_spool(self) -> None:
         path = self.config.spool_path
-        if not os.path.exists(path):
-            return
         replaying = path + ".replay"
         try:
-            os.replace(path, replaying)
+            # A .replay file is a replay that a process died in the middle of:
+            # it is read first (and never overwritten); the spool comes next time.
+            if not os.path.exists(replaying):
+                if not os.path.exists(path):
+                    return
+                os.replace(path, replaying)
             with open(replaying, encoding="utf-8") as f:
                 records = []
                 for line in f:

@@ -473,3 +473,30 @@ def test_a_spool_line_of_an_earlier_version_still_replays():
     assert from_json(json.dumps(asdict(record))) == record
     with pytest.raises(ValueError):
         from_json(json.dumps({"id": "only-an-id"}))
+
+
+def test_a_replay_cut_short_by_a_crash_is_replayed(tmp_path):
+    """A spool being replayed when the process died (left as spool.jsonl.replay) is replayed at the next
+    start, and a newer spool beside it is not written over it: both reach the store."""
+    from bridgeproxy.config import RecordingConfig
+    from bridgeproxy.recording import Recorder, to_json
+
+    stored = []
+
+    class Store:
+        def run(self, work):
+            class Db:
+                def insert_interceptions(self, records):
+                    stored.extend(r.id for r in records)
+                    return len(records)
+            return succeed(work(Db()))
+    spool = tmp_path / "spool.jsonl"
+    (tmp_path / "spool.jsonl.replay").write_text(to_json(_full_record(id="from-the-crash")) + "\n")
+    spool.write_text(to_json(_full_record(id="spooled-later")) + "\n")
+    clock = Clock()
+    recorder = Recorder(Store(), clock, RecordingConfig(spool_path=str(spool), flush_interval=0.1))
+    recorder.start()
+    for _ in range(5):
+        clock.advance(0.1)
+    assert sorted(stored) == ["from-the-crash", "spooled-later"]
+    assert not spool.exists() and not (tmp_path / "spool.jsonl.replay").exists()
