@@ -20,13 +20,12 @@ import sys
 import time
 from datetime import datetime, timezone
 from typing import Any, NoReturn, Optional, Sequence
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 from bridgeproxy import __version__
 from bridgeproxy.config import Config, load, parse
 from bridgeproxy.values import is_uuid4, parse_since
 from bridgeproxy.errors import ConfigError
-from bridgeproxy.store import Database, StoreError
+from bridgeproxy.store import Database, StoreError, mask_query_password, passwords
 
 #: The longest expiry C{keys create --expires-days} accepts (about 100 years).
 MAX_EXPIRES_DAYS = 36500
@@ -64,35 +63,14 @@ def _one_line(text: str) -> str:
 
 def safe_url(url: str) -> str:
     """C{url} with any password (in the user part or a C{password=} parameter) replaced by C{***}."""
-    url = re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@:]*):[^/?#]*@", r"\1:***@", url)
-    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
-
-
-def _passwords(url: str) -> list[str]:
-    """Every form of the passwords in C{url}, longest first, for scrubbing messages."""
-    found = []
-    match = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@:]*:([^/?#]*)@", url)
-    if match and match.group(1):
-        found.append(match.group(1))
-    try:
-        query = urlsplit(url).query
-    except ValueError:
-        query = url.partition("?")[2]
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        if name.lower() == "password" and value:
-            found.append(value)
-    for value in re.findall(r"(?i)[?&]password=([^&#]*)", url):
-        if value:
-            found.append(value)
-    forms = {form for p in found for form in (p, unquote(p))}
-    return sorted((f for f in forms if f), key=len, reverse=True)
+    return mask_query_password(re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@:]*):[^/?#]*@", r"\1:***@", url))
 
 
 def _scrub(message: str, url: Optional[str]) -> str:
     """C{message} on one line, with C{url} masked and its passwords removed."""
     if url:
         message = message.replace(url, safe_url(url))
-        for secret in _passwords(url):
+        for secret in passwords(url):
             message = message.replace(secret, "***")
     return _one_line(message)
 

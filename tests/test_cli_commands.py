@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 import pytest
 
 from bridgeproxy import cli
-from bridgeproxy.store import Database
+from bridgeproxy.store import Database, passwords
 from bridgeproxy.types import Interception, ToolCall
 
 ALICE_ID = "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
@@ -321,17 +321,17 @@ def test_safe_url_masks_passwords():
 
 def test_passwords_in_every_form():
     """Every password of a URL is found, raw and decoded, longest first (for scrubbing); other parameters are not."""
-    assert cli._passwords("postgresql://u:p%40ss@h/db?password=two&PASSWORD=&sslmode=require") == [
+    assert passwords("postgresql://u:p%40ss@h/db?password=two&PASSWORD=&sslmode=require") == [
         "p%40ss", "p@ss", "two"]
-    assert cli._passwords("postgresql://h/db?pass%77ord=hidden&user=u") == ["hidden"]
-    assert cli._passwords("PostgreSQL://u:pw@h/db") == ["pw"]
+    assert passwords("postgresql://h/db?pass%77ord=hidden&user=u") == ["hidden"]
+    assert passwords("PostgreSQL://u:pw@h/db") == ["pw"]
 
 
 def test_passwords_of_a_url_python_cannot_split():
     """A URL that does not even parse still has its password parameters found (a bad host is a common typo)."""
-    assert cli._passwords("postgresql://u@[zz/x?pass%77ord=p?w") == ["p?w"]
-    assert cli._passwords("postgresql://u@h/db") == []
-    assert cli._passwords("postgresql://u:@h/db") == []
+    assert passwords("postgresql://u@[zz/x?pass%77ord=p?w") == ["p?w"]
+    assert passwords("postgresql://u@h/db") == []
+    assert passwords("postgresql://u:@h/db") == []
 
 
 def test_scrub_removes_the_url_and_its_passwords():

@@ -500,3 +500,16 @@ def test_a_replay_cut_short_by_a_crash_is_replayed(tmp_path):
         clock.advance(0.1)
     assert sorted(stored) == ["from-the-crash", "spooled-later"]
     assert not spool.exists() and not (tmp_path / "spool.jsonl.replay").exists()
+
+
+def test_store_urls_and_errors_never_show_a_password():
+    """What twistd logs of a store (its URL, a driver's error) masks the password in every form, the
+    password= parameter included."""
+    from bridgeproxy.store import describe_error, safe_url
+    assert safe_url("postgresql://u:pw@h:5432/db") == "postgresql://***@h:5432/db"
+    assert safe_url("postgresql://u@h/db?sslmode=require&password=s3cret") == \
+        "postgresql://***@h/db?sslmode=require&password=***"
+    assert safe_url("postgresql://h/db?Password=s3cret") == "postgresql://h/db?Password=***"
+    url = "postgresql://u:p%40ss@h/db?password=two"
+    error = OSError("auth failed for p@ss (p%40ss) and two\nsecond line")
+    assert describe_error(error, url) == "auth failed for *** (***) and ***"

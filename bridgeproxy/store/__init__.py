@@ -12,9 +12,10 @@ restart costs the calls made while it was down, not the process.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from typing import Any, Callable, Optional, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
@@ -25,15 +26,44 @@ from bridgeproxy.store.database import Database, StoreError, hash_token
 
 T = TypeVar("T")
 
-__all__ = ["AsyncStore", "Database", "StoreError", "check_sqlite", "describe_error", "hash_token", "safe_url"]
+__all__ = ["AsyncStore", "Database", "StoreError", "check_sqlite", "describe_error", "hash_token",
+           "mask_query_password", "passwords", "safe_url"]
+
+
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
+
+
+def mask_query_password(url: str) -> str:
+    """C{url} with the value of a C{password=} parameter replaced by C{***}."""
+    return _QUERY_PASSWORD.sub(r"\1***", url)
 
 
 def safe_url(url: str) -> str:
-    """A database URL without its password (for log lines and messages)."""
+    """A database URL without its user and password (for log lines and messages)."""
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
+        url = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return mask_query_password(url)
+
+
+def passwords(url: str) -> list[str]:
+    """Every form of the passwords in C{url} (user part, C{password=}, raw and decoded), longest first."""
+    found = []
+    match = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@:]*:([^/?#]*)@", url)
+    if match and match.group(1):
+        found.append(match.group(1))
+    try:
+        query = urlsplit(url).query
+    except ValueError:
+        query = url.partition("?")[2]
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name.lower() == "password" and value:
+            found.append(value)
+    for value in re.findall(r"(?i)[?&]password=([^&#]*)", url):
+        if value:
+            found.append(value)
+    forms = {form for p in found for form in (p, unquote(p))}
+    return sorted((f for f in forms if f), key=len, reverse=True)
 
 
 def describe_error(error: BaseException, url: str) -> str:
@@ -42,12 +72,8 @@ def describe_error(error: BaseException, url: str) -> str:
     C{url} even if a driver repeated it.
     """
     text = str(error).strip().splitlines()[0].strip() if str(error).strip() else type(error).__name__
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        password = None
-    if password:
-        text = text.replace(password, "***")
+    for secret in passwords(url):
+        text = text.replace(secret, "***")
     return text[:200]
 
 
