@@ -26,8 +26,9 @@ from twisted.internet.ssl import Certificate
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.web.client import (
-    URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _HTTP11ClientFactory, _StandardEndpointFactory,
+    URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _HTTP11ClientFactory,
 )
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
@@ -161,29 +162,28 @@ class _QuietPool(HTTPConnectionPool):
 @implementer(IAgentEndpointFactory)
 class CachingEndpointFactory:
     """
-    Agent's standard endpoint factory, remembering the endpoint per
-    scheme, host and port: the upstreams are a handful of fixed hosts, and
-    building an endpoint (IDNA-encoding the host, making the TLS creator)
-    for every request costs more than the rest of the request set-up.
+    The endpoint of each upstream (scheme, host, port), made once: a
+    L{ResolvedTCPEndpoint}, wrapped in TLS verified by C{tls_policy} for
+    C{https}.  The upstreams are a handful of fixed hosts, and building an
+    endpoint (making the TLS creator) for every request costs more than the
+    rest of the request set-up.
     """
 
     def __init__(self, reactor: Any, tls_policy: Any, connect_timeout: float):
         self._reactor = reactor
         self._tls_policy = tls_policy
         self._timeout = connect_timeout
-        self._standard = _StandardEndpointFactory(reactor, tls_policy, connect_timeout, None)
         self._endpoints: dict[tuple, Any] = {}
 
     def endpointForURI(self, uri: Any) -> Any:
         key = (uri.scheme, uri.host, uri.port)
         endpoint = self._endpoints.get(key)
         if endpoint is None:
-            if uri.scheme in (b"http", b"https"):
-                endpoint = ResolvedTCPEndpoint(self._reactor, uri.host.decode("ascii"), uri.port, self._timeout)
-                if uri.scheme == b"https":
-                    endpoint = wrapClientTLS(self._tls_policy.creatorForNetloc(uri.host, uri.port), endpoint)
-            else:
-                endpoint = self._standard.endpointForURI(uri)
+            if uri.scheme not in (b"http", b"https"):
+                raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
+            endpoint = ResolvedTCPEndpoint(self._reactor, uri.host.decode("ascii"), uri.port, self._timeout)
+            if uri.scheme == b"https":
+                endpoint = wrapClientTLS(self._tls_policy.creatorForNetloc(uri.host, uri.port), endpoint)
             self._endpoints[key] = endpoint
         return endpoint
 
