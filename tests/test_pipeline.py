@@ -278,6 +278,7 @@ def test_upstream_error_event_is_not_called_truncated():
     answer = g.send("POST", "/anthropic/v1/messages", {**MESSAGES, "stream": True}, BEARER)
     assert answer.body == MESSAGES_EVENTS[0] + error
     assert g.records[0].error == "Overloaded"
+    assert g.records[0].status == "incomplete"  # no terminal event: the answer is not whole
 
 
 # -- every authenticated request is a row ---------------------------------------------

@@ -227,3 +227,43 @@ def test_nothing_follows_the_stall_tail():
     clock.advance(TIMEOUT)
     r.dataReceived(b"event: late\n\n")
     assert client.body.endswith(b"complete.") and b"late" not in client.body
+
+
+def test_an_answer_without_a_length_that_ends_with_its_connection_is_complete():
+    """An HTTP/1.0-style answer (no length: it ends when the connection does, PotentialDataLoss) is whole."""
+    from twisted.web.http import PotentialDataLoss
+    r, _, client, _, ended, _ = relay(stream=False)
+    r.dataReceived(b'{"ok": true}')
+    r.connectionLost(Failure(PotentialDataLoss()))
+    assert ended == [(COMPLETE, None)] and client.finished and not client.lost
+
+
+def test_a_broken_upstream_hands_its_failure_on():
+    """How the upstream broke reaches on_done (it is the recorded error); a complete relay hands none."""
+    r, _, _, _, ended, _ = relay()
+    reason = broken()
+    r.connectionLost(reason)
+    assert ended == [(UPSTREAM_BROKE, reason)]
+
+
+def test_a_finished_relay_starts_no_timer_and_stops_nothing_again():
+    """After the relay ended, the client's resume starts no stall timer and its disconnect stops nothing."""
+    r, clock, client, upstream, ended, _ = relay()
+    r.pauseProducing()
+    r.connectionLost(done())
+    calls = list(upstream.calls)
+    r.resumeProducing()
+    r.stopProducing()
+    assert not [c for c in clock.getDelayedCalls() if c.active()]
+    assert upstream.calls == calls + ["resume"] and "stop" not in upstream.calls
+    assert len(ended) == 1
+
+
+def test_error_body_keeps_exactly_up_to_its_cap():
+    """With one byte of room left, one more byte is kept; with none, nothing."""
+    body = ErrorBody(Clock(), TIMEOUT, 10, lambda data: None)
+    body.makeConnection(UpstreamTransport())
+    body.dataReceived(b"012345678")
+    body.dataReceived(b"9abc")
+    body.dataReceived(b"d")
+    assert b"".join(body.chunks) == b"0123456789" and body.size == 10

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_pipeline -*-
+# -*- test-case-name: tests.test_pipeline,tests.test_limits -*-
 """
 The limits an operator sets (C{[limits]}): requests in flight, and a request
 rate per initiator.

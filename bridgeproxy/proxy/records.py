@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_pipeline -*-
+# -*- test-case-name: tests.test_pipeline,tests.test_records -*-
 """
 What an exchange becomes in the audit trail: its L{Interception}, and the
 masking of the secrets it knows out of any text it records.

@@ -1,0 +1,67 @@
+"""
+What a request becomes in the audit trail, field by field, and how paths
+and secrets are shown in it.
+"""
+
+from tests import memory
+from tests.memory import OPENAI_KEY, TOKEN, USER_ID
+
+MESSAGE = {"model": "claude-sonnet-4-5", "type": "message", "content": [
+    {"type": "tool_use", "id": "t1", "name": "bash", "input": {"cmd": "ls"}}],
+    "stop_reason": "tool_use",
+    "usage": {"input_tokens": 11, "output_tokens": 7, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 3}}
+
+
+def test_every_field_of_an_intercepted_request():
+    """An intercepted, answered request is recorded with who, which client, what, how much and how it ended."""
+    g = memory.gateway({"recording": {"max_prompt_chars": 8}})
+    g.upstream.handler = memory.json_answer(200, {**MESSAGE, "model": "claude-sonnet-4-5-20250929"})
+    g.clock.advance(1000)
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "list my files"}]}
+    g.send("POST", "/anthropic/v1/messages", body, {
+        "X-Coder-Token": TOKEN, "X-Api-Key": "sk-ant-client-own-0123456789abcdef",
+        "User-Agent": "claude-cli/2.1 " + "x" * 600, "X-Claude-Code-Session-Id": "sess-1"})
+    (r,) = g.records
+    assert (r.provider, r.route, r.intercepted, r.method, r.streamed) == ("anthropic", "messages", True, "POST", False)
+    assert r.model == "claude-sonnet-4-5-20250929"  # what answered, not what was asked
+    assert (r.client, r.client_session_id) == ("Claude Code", "sess-1")
+    assert r.user_agent.startswith("claude-cli/2.1 ") and len(r.user_agent) == 512
+    assert (r.initiator_id, r.initiator_username, r.credential_user_id) == (USER_ID, "alice", USER_ID)
+    assert (r.credential_kind, r.credential_hint) == ("byok", "sk-a...def")
+    assert (r.upstream_status, r.http_status, r.status, r.error) == (200, 200, "ok", None)
+    assert (r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens) == (11, 7, 5, 3)
+    assert r.prompt == "list my "
+    assert [(t.name, t.arguments, t.call_id) for t in r.tool_calls] == [("bash", '{"cmd":"ls"}', "t1")]
+    assert r.stop_reason == "tool_use"
+    assert r.started_at == 1000 and r.ended_at == 1000
+
+
+def test_a_refused_passthrough_is_recorded_by_its_path():
+    """A request that is not intercepted is recorded by its path (no query), without model, tokens or prompt;
+    the model asked for is kept when nothing answered."""
+    g = memory.gateway()
+    g.send("GET", "/openai/v1/files?purpose=fine-tune", None, {"Authorization": f"Bearer {TOKEN}"})
+    (r,) = g.records
+    assert (r.route, r.intercepted, r.model, r.prompt, r.tool_calls) == ("/v1/files", False, None, None, ())
+    assert (r.credential_kind, r.credential_hint, r.upstream_status, r.http_status) == (None, None, None, 404)
+    assert (r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens) == (0, 0, 0, 0)
+    g.upstream.handler = memory.json_answer(500, {"oops": True})
+    g.send("POST", "/openai/v1/chat/completions", {"model": "gpt-4o", "messages": []},
+           {"Authorization": f"Bearer {TOKEN}"})
+    assert g.records[1].model == "gpt-4o" and g.records[1].credential_kind == "centralized"
+    assert g.records[1].credential_hint == "sk-c...def"
+
+
+def test_paths_and_errors_in_records_are_printable_and_masked():
+    """A recorded path has no control characters and is cut at 200 characters; an error is cut at 1000
+    characters and never carries the gateway's key or the bridge token."""
+    from bridgeproxy.proxy.records import printable
+    assert printable(b"/v1/a\tb?key=secret") == "/v1/a?b"
+    assert printable(b"/" + b"x" * 300) == "/" + "x" * 199
+    assert printable(b"/caf\xe9") == "/caf\xe9"
+    g = memory.gateway()
+    g.upstream.handler = memory.json_answer(401, {"error": {"message": f"bad key {OPENAI_KEY} " + "y" * 2000}})
+    g.send("POST", "/openai/v1/chat/completions", {"model": "gpt-4o", "messages": []},
+           {"Authorization": f"Bearer {TOKEN}"})
+    (r,) = g.records
+    assert len(r.error) == 1000 and OPENAI_KEY not in r.error and r.error.startswith("bad key sk-c...")
