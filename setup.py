@@ -34,6 +34,7 @@ setup(
     install_requires=[
         "Twisted[tls]>=25.5",
         "treq>=24.9",
+        "httptools>=0.6",
         "zope.interface>=6",
         "service-identity>=24.1",
         "pyOpenSSL>=24",

@@ -49,9 +49,15 @@ def captured_log():
 
 
 @pytest.fixture
-def bridge(tmp_path, captured_log):
-    """A bridge on loopback in front of a fake upstream; stopped after the test."""
-    running = pytest_twisted.blockon(fakes.start_bridge(tmp_path))
+def bridge(request, tmp_path, captured_log):
+    """
+    A bridge on loopback in front of a fake upstream; stopped after the test.
+    Parametrised indirectly, the parameter names the upstream client
+    (C{[upstream] client}).
+    """
+    client = getattr(request, "param", None)
+    extra = {"upstream": {"client": client}} if client else None
+    running = pytest_twisted.blockon(fakes.start_bridge(tmp_path, extra))
     running.log = captured_log
     yield running
     pytest_twisted.blockon(running.stop())

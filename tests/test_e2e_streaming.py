@@ -6,6 +6,7 @@ and the upstream connection pool.
 
 import json
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer
 
@@ -13,6 +14,10 @@ from tests import fakes
 from tests.streams import ANTHROPIC_EVENTS, STREAM_CHAT, STREAM_MESSAGES, Collector, open_stream, sleep
 from tests.http import call
 
+#: The loopback tests of the upstream client run with both clients (`[upstream] client`).
+BOTH_CLIENTS = pytest.mark.parametrize("bridge", ["httptools", "twisted"], indirect=True)
+
+@BOTH_CLIENTS
 @pytest_twisted.inlineCallbacks
 def test_events_reach_client_before_upstream_sends_the_last(bridge, agent):
     """The first event reaches the client while the upstream is still holding back the rest."""
@@ -40,6 +45,7 @@ def test_events_reach_client_before_upstream_sends_the_last(bridge, agent):
     assert row["stop_reason"] == "end_turn"
 
 
+@BOTH_CLIENTS
 @pytest_twisted.inlineCallbacks
 def test_client_disconnect_cancels_upstream(bridge, agent):
     """A client that goes away mid-stream cancels the upstream request at once; the row says so, with tokens so far."""
@@ -61,6 +67,7 @@ def test_client_disconnect_cancels_upstream(bridge, agent):
     assert row["input_tokens"] == 25
 
 
+@BOTH_CLIENTS
 @pytest_twisted.inlineCallbacks
 def test_client_disconnect_before_headers_cancels_upstream(bridge, agent):
     """A client that goes away while the upstream is still thinking cancels the upstream request."""
@@ -124,6 +131,7 @@ def test_mid_stream_stall_ends_openai_chat_with_error_and_done(tmp_path, agent, 
         yield running.stop()
 
 
+@BOTH_CLIENTS
 @pytest_twisted.inlineCallbacks
 def test_slow_client_pauses_upstream_read(bridge, agent):
     """A client that does not read stops the upstream read (back-pressure): the upstream is paused, memory bounded."""
@@ -160,12 +168,18 @@ def test_slow_client_pauses_upstream_read(bridge, agent):
     assert bridge.upstream.lost
 
 
+@pytest.mark.parametrize("client", ["httptools", "twisted"])
 @pytest_twisted.inlineCallbacks
-def test_upstream_connections_are_kept_alive(tmp_path, agent, captured_log):
+def test_upstream_connections_are_kept_alive(tmp_path, agent, captured_log, client):
     """Sequential requests reuse one pooled upstream connection; the pool size comes from the configuration."""
-    running = yield fakes.start_bridge(tmp_path, {"upstream": {"max_connections_per_host": 17}})
+    running = yield fakes.start_bridge(
+        tmp_path, {"upstream": {"max_connections_per_host": 17, "idle_connection_seconds": 33, "client": client}})
     try:
-        assert running.app.bridge.agent._pool.maxPersistentPerHost == 17
+        upstream = running.app.bridge.agent
+        if client == "httptools":
+            assert (upstream.max_idle, upstream.idle_timeout) == (17, 33)
+        else:
+            assert (upstream._pool.maxPersistentPerHost, upstream._pool.cachedConnectionTimeout) == (17, 33)
         token = running.create_key("alice")
         for _ in range(3):
             response, _ = yield call(agent, "POST", running.url + "/openai/v1/chat/completions",

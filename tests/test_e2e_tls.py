@@ -6,6 +6,7 @@ a wrong hostname refused with 502.
 
 import json
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor, ssl
 from twisted.internet.endpoints import serverFromString
@@ -24,8 +25,9 @@ def tls_upstream(upstream, cert_path, key_path):
     return reactor.listenSSL(0, server.Site(upstream), cert.options(), interface="127.0.0.1")
 
 
+@pytest.mark.parametrize("client", ["httptools", "twisted"])
 @pytest_twisted.inlineCallbacks
-def test_tls_listener_and_verified_upstream(tmp_path, captured_log):
+def test_tls_listener_and_verified_upstream(tmp_path, captured_log, client):
     """A client reaches the bridge over TLS; the bridge verifies the upstream's certificate against ca_file."""
     ca_path, issue = make_ca(tmp_path)
     good_cert, good_key = issue("localhost")
@@ -34,7 +36,7 @@ def test_tls_listener_and_verified_upstream(tmp_path, captured_log):
     base = f"https://localhost:{up_port.getHost().port}"
     running = yield fakes.start_bridge(tmp_path, {
         "providers": {"openai": {"base_url": base + "/v1", "key_env": "T_OPENAI_KEY"}},
-        "upstream": {"ca_file": str(ca_path)}})
+        "upstream": {"ca_file": str(ca_path), "client": client}})
     tls_port = yield serverFromString(
         reactor, f"ssl:0:interface=127.0.0.1:privateKey={good_key}:certKey={good_cert}").listen(running.app.site)
     running.ports.append(tls_port)
@@ -51,8 +53,9 @@ def test_tls_listener_and_verified_upstream(tmp_path, captured_log):
         yield up_port.stopListening()
 
 
+@pytest.mark.parametrize("client", ["httptools", "twisted"])
 @pytest_twisted.inlineCallbacks
-def test_upstream_with_wrong_hostname_is_refused(tmp_path, agent, captured_log):
+def test_upstream_with_wrong_hostname_is_refused(tmp_path, agent, captured_log, client):
     """An upstream whose certificate names another host is refused (502); nothing reaches it."""
     ca_path, issue = make_ca(tmp_path)
     wrong_cert, wrong_key = issue("wrong.example")
@@ -60,7 +63,7 @@ def test_upstream_with_wrong_hostname_is_refused(tmp_path, agent, captured_log):
     up_port = tls_upstream(upstream, wrong_cert, wrong_key)
     running = yield fakes.start_bridge(tmp_path, {
         "providers": {"openai": {"base_url": f"https://localhost:{up_port.getHost().port}/v1", "key_env": "T_OPENAI_KEY"}},
-        "upstream": {"ca_file": str(ca_path)}})
+        "upstream": {"ca_file": str(ca_path), "client": client}})
     try:
         token = running.create_key("alice")
         response, body = yield call(agent, "POST", running.url + "/openai/v1/chat/completions", CHAT,

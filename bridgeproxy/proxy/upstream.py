@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from bridgeproxy.config import UpstreamConfig
 from bridgeproxy.errors import BadRequest
+from bridgeproxy.proxy.http1 import PooledAgent
 
 
 @implementer(IBodyProducer)
@@ -47,11 +48,12 @@ class BytesProducer:
     """
 
     def __init__(self, body: bytes):
-        self._body = body
+        #: The whole body (L{bridgeproxy.proxy.http1.PooledAgent} writes it with the request head).
+        self.body = body
         self.length = len(body)
 
     def startProducing(self, consumer: Any) -> Any:
-        consumer.write(self._body)
+        consumer.write(self.body)
         return succeed(None)
 
     def pauseProducing(self) -> None:
@@ -188,17 +190,16 @@ class CachingEndpointFactory:
         return endpoint
 
 
-def make_agent(reactor: Any, config: UpstreamConfig, tls_policy: Any = None) -> Agent:
+def make_agent(reactor: Any, config: UpstreamConfig, tls_policy: Any = None) -> Any:
     """
-    An L{Agent} over a persistent connection pool sized by the config
-    (treq's default pool keeps only 2 idle connections per host).
-    Upstream TLS is verified (service-identity, through Twisted's
+    The upstream L{IAgent} the config asks for (C{[upstream] client}): the
+    bridge's L{PooledAgent}, or an L{Agent} over Twisted's
+    L{HTTPConnectionPool}; either keeps C{max_connections_per_host} idle
+    connections per host (treq's default pool keeps only 2).  Upstream TLS
+    is verified (service-identity, through Twisted's
     L{BrowserLikePolicyForHTTPS}) against the system's CAs, or against
     C{[upstream] ca_file} when set.
     """
-    pool = _QuietPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = config.max_connections_per_host
-    pool.cachedConnectionTimeout = config.idle_connection_seconds  # type: ignore[assignment]
     if tls_policy is None:
         trust = None
         if config.ca_file:
@@ -206,6 +207,11 @@ def make_agent(reactor: Any, config: UpstreamConfig, tls_policy: Any = None) -> 
                 trust = Certificate.loadPEM(f.read())
         tls_policy = BrowserLikePolicyForHTTPS(trustRoot=trust)
     factory = CachingEndpointFactory(reactor, tls_policy, config.connect_timeout)
+    if config.client == "httptools":
+        return PooledAgent(reactor, factory, config.max_connections_per_host, config.idle_connection_seconds)
+    pool = _QuietPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = config.max_connections_per_host
+    pool.cachedConnectionTimeout = config.idle_connection_seconds  # type: ignore[assignment]
     return Agent.usingEndpointFactory(reactor, factory, pool=pool)
 
 
