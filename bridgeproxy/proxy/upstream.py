@@ -221,6 +221,9 @@ class _NoCookies(IndexableCookieJar):
     def set_cookie(self, cookie: Any) -> None:
         pass
 
+    def add_cookie_header(self, request: Any) -> None:
+        pass  # nothing is kept, so nothing is sent (and no urllib request is looked at)
+
     def extract_cookies(self, response: Any, request: Any) -> None:
         pass
 
@@ -267,7 +270,8 @@ class Upstream:
     def __init__(self, agent: Any, clock: Any):
         self._clock = clock
         self._sent = _AsSent(agent)
-        self._client = HTTPClient(self._sent, cookiejar=_NoCookies())
+        self._jar = _NoCookies()
+        self._client = HTTPClient(self._sent, cookiejar=self._jar)
 
     def request(self, method: bytes, url: bytes, headers: Headers, body: Optional[bytes]) -> Deferred:
         """
@@ -281,7 +285,8 @@ class Upstream:
         return self._client.request(
             method.decode("ascii"), url, headers=headers,
             data=BytesProducer(body) if body is not None else None,
-            allow_redirects=False, unbuffered=True, reactor=self._clock)
+            allow_redirects=False, unbuffered=True, reactor=self._clock,
+            cookies=self._jar)  # a jar, so that treq does not build an empty one for every request
 
 
 def _origin_form(uri: bytes) -> bytes:
