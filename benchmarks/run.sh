@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Run the benchmark with a throw-away PostgreSQL (for the recording-to-PostgreSQL
-# figures).  Needs wrk (apt-get install wrk); nginx is used when installed.
+# figures).  Needs wrk; nginx is used when installed (both Debian packages, installed
+# here when run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v wrk >/dev/null && [ "$(id -u)" = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+if [ "$(id -u)" = 0 ]; then
+    command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+    [ -x /usr/sbin/nginx ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null || true
 fi
 [ -x .venv/bin/python ] || { python3 -m venv .venv && .venv/bin/pip install -q ".[test]"; }
 . scripts/postgres.sh

@@ -3,12 +3,13 @@ N concurrent streaming requests: time to first byte, gaps between events,
 failures.  A raw HTTP/1.1 client (no SDK overhead) so that the client is not
 what is measured.
 
-Usage: python benchmarks/streams.py HOST:PORT PATH N RAMP_SECONDS [TOKEN] > JSON
+Usage: python benchmarks/streams.py HOST:PORT PATH N RAMP_SECONDS [TOKEN] [--events E --gap-ms G] > JSON
+(--events/--gap-ms ask benchmarks/upstream.py for that stream shape, by request headers)
 """
 
+import argparse
 import json
 import statistics
-import sys
 import time
 
 from twisted.internet import reactor
@@ -18,6 +19,8 @@ BODY = b'{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"h
 
 
 class Stream(Protocol):
+    shape = b""
+
     def __init__(self, result, path, token):
         self.result = result
         self.path = path
@@ -31,11 +34,13 @@ class Stream(Protocol):
         self.result.opened()
         auth = b"Authorization: Bearer %s\r\n" % self.token.encode() if self.token else b""
         self.transport.write(
-            b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n%s"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (self.path.encode(), auth, len(BODY), BODY))
+            b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n%s%s"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (self.path.encode(), auth, self.shape,
+                                                                      len(BODY), BODY))
 
     def dataReceived(self, data):
         now = time.perf_counter()
+        self.result.last_arrival = now
         self.data += data
         for _ in range(data.count(b"data: ")):
             self.arrivals.append(now)
@@ -67,8 +72,12 @@ class Result:
         self.events = 0
         self.open = 0
         self.peak = 0
+        self.first_open = None
+        self.last_arrival = None
 
     def opened(self):
+        if self.first_open is None:
+            self.first_open = time.perf_counter()
         self.open += 1
         self.peak = max(self.peak, self.open)
 
@@ -96,10 +105,21 @@ def pct(values, p):
 
 
 def main():
-    host, port = sys.argv[1].split(":")
-    path, n = sys.argv[2], int(sys.argv[3])
-    ramp = float(sys.argv[4])
-    token = sys.argv[5] if len(sys.argv) > 5 else ""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("target")
+    parser.add_argument("path")
+    parser.add_argument("n", type=int)
+    parser.add_argument("ramp", type=float)
+    parser.add_argument("token", nargs="?", default="")
+    parser.add_argument("--events", type=int)
+    parser.add_argument("--gap-ms", type=float)
+    args = parser.parse_args()
+    host, port = args.target.split(":")
+    path, n, ramp, token = args.path, args.n, args.ramp, args.token
+    if args.events is not None:
+        Stream.shape += b"X-Bench-Events: %d\r\n" % args.events
+    if args.gap_ms is not None:
+        Stream.shape += b"X-Bench-Gap-Ms: %g\r\n" % args.gap_ms
     result = Result(n)
     factory = Factory(result, path, token)
     # Open the connections over the ramp, as clients would arrive.
@@ -111,6 +131,8 @@ def main():
     print(json.dumps({
         "streams": n, "peak_open": result.peak, "failures": result.failures + (n - result.finished),
         "events": result.events,
+        "events_per_s": round(result.events / (result.last_arrival - result.first_open), 1)
+        if result.events and result.last_arrival else None,
         "wall_s": round(time.perf_counter() - began, 2),
         "ttfb_p50_ms": round(1000 * statistics.median(result.ttfb), 2) if result.ttfb else None,
         "ttfb_p99_ms": round(1000 * pct(result.ttfb, 0.99), 2) if result.ttfb else None,

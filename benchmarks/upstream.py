@@ -3,12 +3,18 @@ A fast fake provider for the benchmarks: a bare HTTP/1.1 keep-alive server.
 
 POST /v1/chat/completions           -> a fixed JSON completion with usage
 POST /v1/chat/completions (stream)  -> EVENTS SSE chunks, one every GAP_MS
+                                       (headers X-Bench-Events, X-Bench-Gap-Ms override
+                                       them for one request)
+GET /closed                         -> JSON {X-Bench-Id: time.monotonic() of the close}
+                                       for the connections of requests that carried
+                                       an X-Bench-Id (benchmarks/cancel.py)
 
 Usage: python benchmarks/upstream.py PORT [EVENTS] [GAP_MS]
 """
 
 import json
 import sys
+import time
 
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
@@ -32,12 +38,20 @@ LAST = (b'data: {"id":"c","object":"chat.completion.chunk","model":"gpt-4o","cho
         b'"usage":{"prompt_tokens":12,"completion_tokens":20}}\n\ndata: [DONE]\n\n')
 
 
+CLOSED: dict = {}
+
+
 class Upstream(Protocol):
     events = 20
     gap = 0.05
 
     def connectionMade(self):
         self.buffer = b""
+        self.bench_id = None
+
+    def connectionLost(self, reason):
+        if self.bench_id is not None:
+            CLOSED[self.bench_id] = time.monotonic()
 
     def dataReceived(self, data):
         self.buffer += data
@@ -47,31 +61,43 @@ class Upstream(Protocol):
                 return
             head = self.buffer[:end]
             length = 0
+            events, gap = self.events, self.gap
             for line in head.split(b"\r\n")[1:]:
                 name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
+                name = name.strip().lower()
+                if name == b"content-length":
                     length = int(value)
+                elif name == b"x-bench-events":
+                    events = int(value)
+                elif name == b"x-bench-gap-ms":
+                    gap = float(value) / 1000
+                elif name == b"x-bench-id":
+                    self.bench_id = value.strip().decode()
             if len(self.buffer) < end + 4 + length:
                 return
             body = self.buffer[end + 4:end + 4 + length]
             self.close_after = b"connection: close" in head.lower()
             self.buffer = self.buffer[end + 4 + length:]
-            if b'"stream": true' in body or b'"stream":true' in body:
+            if head.startswith(b"GET /closed"):
+                answer = json.dumps(CLOSED).encode()
+                self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                     b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer))
+            elif b'"stream": true' in body or b'"stream":true' in body:
                 self.transport.write(STREAM_HEAD)
-                self.stream(0)
+                self.stream(0, events, gap)
             else:
                 self.transport.write(BLOCKING)
 
-    def stream(self, i):
+    def stream(self, i, events, gap):
         if not self.transport.connected:
             return
-        if i == self.events:
+        if i == events:
             self.transport.write(chunk(LAST) + b"0\r\n\r\n")
             if self.close_after:
                 self.transport.loseConnection()
             return
         self.transport.write(chunk(EVENT))
-        reactor.callLater(self.gap, self.stream, i + 1)
+        reactor.callLater(gap, self.stream, i + 1, events, gap)
 
 
 def main():
