@@ -305,12 +305,19 @@ class _Verbatim(EncodedURL):
     """
 
     _verbatim: str
+    #: The URLs made lately (a handful of provider routes, mostly): one parse each.
+    _made: dict[bytes, "_Verbatim"] = {}
 
     @classmethod
     def of(cls, url: bytes) -> "_Verbatim":
-        text = url.decode("ascii")
-        made: Any = cls.from_text(text)
-        made._verbatim = text
+        made: Any = cls._made.get(url)
+        if made is None:
+            text = url.decode("ascii")
+            made = cls.from_text(text)
+            made._verbatim = text
+            if len(cls._made) >= 512:
+                cls._made.clear()
+            cls._made[url] = made
         return made  # type: ignore[no-any-return]
 
     def to_uri(self, *args: Any, **kwargs: Any) -> "_Verbatim":
