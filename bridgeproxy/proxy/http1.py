@@ -444,20 +444,40 @@ class PooledAgent:
         self._reactor, self._endpoints = reactor, endpoints
         self.max_idle, self.idle_timeout = max_idle, idle_timeout
         self._pools: dict[tuple, deque[_Connection]] = {}
+        #: URL -> (pool key, endpoint, request target, Host value): the upstream URLs are a handful of routes.
+        self._targets: dict[bytes, tuple[tuple, Any, bytes, bytes]] = {}
 
     def request(self, method: bytes, uri: bytes, headers: Optional[Headers] = None,
                 bodyProducer: Any = None) -> Deferred:
         try:
-            parsed = URI.fromBytes(uri)
-            endpoint = self._endpoints.endpointForURI(parsed)
-            head, body, producer, sent = _head(method, parsed, uri, headers, bodyProducer)
+            target = self._targets.get(uri)
+            if target is None:
+                target = self._target(uri)
+            key, endpoint, origin, host = target
+            head, body, producer, sent = _head(method, origin, host, uri, headers, bodyProducer)
         except Exception:
             return fail()
         exchange = _Exchange(method, uri, head, body, producer, sent)
-        exchange.key = (parsed.scheme, parsed.host, parsed.port)  # type: ignore[attr-defined]
+        exchange.key = key  # type: ignore[attr-defined]
         exchange.endpoint = endpoint  # type: ignore[attr-defined]
         self._send(exchange)
         return exchange.deferred
+
+    def _target(self, uri: bytes) -> tuple[tuple, Any, bytes, bytes]:
+        parsed = URI.fromBytes(uri)
+        endpoint = self._endpoints.endpointForURI(parsed)
+        origin = parsed.originForm
+        if any(c in origin for c in (b" ", b"\r", b"\n")):
+            raise ValueError("invalid request target")
+        default = 443 if parsed.scheme == b"https" else 80
+        host = b"[" + parsed.host + b"]" if b":" in parsed.host else parsed.host
+        if parsed.port != default:
+            host = b"%s:%d" % (host, parsed.port)
+        target = ((parsed.scheme, parsed.host, parsed.port), endpoint, origin, host)
+        if len(self._targets) >= 512:
+            self._targets.clear()
+        self._targets[uri] = target
+        return target
 
     def _send(self, exchange: _Exchange) -> None:
         key = exchange.key  # type: ignore[attr-defined]
@@ -526,21 +546,16 @@ class PooledAgent:
         return succeed(None)
 
 
-def _head(method: bytes, uri: URI, raw: bytes, headers: Optional[Headers],
+def _head(method: bytes, target: bytes, host: bytes, raw: bytes, headers: Optional[Headers],
           producer: Any) -> tuple[bytes, Optional[bytes], Any, _Sent]:
     """The request line and headers, as one string; the body when it is in memory."""
     if headers is None:
         headers = Headers()
     if b" " in method or b"\r" in method or b"\n" in method or not method:
         raise ValueError("invalid method")
-    target = uri.originForm
-    if any(c in target for c in (b" ", b"\r", b"\n")):
-        raise ValueError("invalid request target")
     lines = [method, b" ", target, b" HTTP/1.1\r\n"]
     if not headers.hasHeader(b"host"):
-        default = 443 if uri.scheme == b"https" else 80
-        host = b"[" + uri.host + b"]" if b":" in uri.host else uri.host
-        lines += [b"Host: ", host if uri.port == default else b"%s:%d" % (host, uri.port), b"\r\n"]
+        lines += [b"Host: ", host, b"\r\n"]
     for name, values in headers.getAllRawHeaders():
         for value in values:
             lines += [name, b": ", value, b"\r\n"]
