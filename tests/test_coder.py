@@ -3,10 +3,14 @@ The C{coder} identity backend (L{bridgeproxy.coder}) in memory: a fake Coder
 deployment reached through L{treq.testing.RequestTraversalAgent}, time on a
 L{Clock}.  What a token resolves to and what the client then gets, how long
 answers are cached, how concurrent checks share one call, what happens while
-the deployment is down, that no token reaches a log line and its settings.
+the deployment is down, that no token reaches a log line, its settings, and
+what the C{bridgeproxy keys} command says in this mode.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 from treq.testing import RequestTraversalAgent
@@ -15,7 +19,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from bridgeproxy import chain
+from bridgeproxy import chain, cli
 from bridgeproxy.coder import Caches, CoderBackend, CoderPlugin, CoderSettings
 from bridgeproxy.config import parse
 from bridgeproxy.errors import ConfigError, IdentityUnavailable, PermissionDenied
@@ -619,4 +623,41 @@ def test_missing_url_stops_the_start():
     with pytest.raises(ConfigError, match="plugins.coder.url is required"):
         chain.select(IIdentityBackend, ["coder"], chain.PluginContext(config=config, reactor=Clock()),
                      "identity_backend")
+
+
+# -- the bridgeproxy command --------------------------------------------------------------------
+
+
+def _coder_config(tmp_path: Path) -> str:
+    path = tmp_path / "bridge.toml"
+    path.write_text(f'database = "sqlite:{tmp_path / "b.db"}"\nidentity_backend = "coder"\n\n'
+                    f'[plugins.coder]\nurl = "{URL}"\n')
+    return str(path)
+
+
+@pytest.mark.parametrize("argv,word", [
+    (["keys", "create", "--username", "alice"], "keys are managed by the Coder deployment"),
+    (["keys", "list"], "keys are managed by the Coder deployment"),
+    (["keys", "revoke", "k-1"], "keys are managed by the Coder deployment"),
+    (["users", "disable", "alice"], "users are managed by the Coder deployment"),
+    (["users", "enable", "alice"], "users are managed by the Coder deployment"),
+])
+def test_key_commands_say_the_deployment_manages_keys(argv, word, tmp_path, capsys):
+    """In Coder mode `bridgeproxy keys ...` (and `users ...`) exits 1 with one line saying where keys are managed."""
+    path = _coder_config(tmp_path)
+    assert cli.main(argv + ["--config", path]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("bridgeproxy: ") and word in err
+    assert 'identity_backend = "coder"' in err
+    assert not (tmp_path / "b.db").exists()
+
+
+def test_other_commands_still_work_in_coder_mode(tmp_path, capsys):
+    """The store's own commands (db migrate, interceptions, usage) are unchanged in Coder mode."""
+    path = _coder_config(tmp_path)
+    assert cli.main(["db", "migrate", "--config", path]) == 0
+    assert cli.main(["interceptions", "list", "--json", "--config", path]) == 0
+    out, _ = capsys.readouterr()
+    assert json.loads(out.split("\n", 1)[1]) == []
 
