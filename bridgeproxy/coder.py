@@ -39,7 +39,7 @@ from urllib.parse import quote, urlsplit
 
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate
 from twisted.logger import Logger
@@ -53,6 +53,7 @@ from zope.interface import implementer
 from bridgeproxy.errors import ConfigError, IdentityUnavailable, PermissionDenied
 from bridgeproxy.interfaces import IConfigurable, IIdentityBackend
 from bridgeproxy.metrics import Metrics
+from bridgeproxy.proxy import upstream
 from bridgeproxy.types import Identity
 
 #: The header a Coder deployment reads a session or API token from.
@@ -441,7 +442,7 @@ class CoderBackend:
         """Ask the deployment about C{token}; fires with an L{Answer}, never fails."""
         if self._clock.seconds() < self._down_until:
             return succeed(self._fallback(key))
-        d = self._get(ME_PATH, token)
+        d = maybeDeferred(self._get, ME_PATH, token)
         d.addCallback(self._me, key)
         d.addErrback(self._unreachable, key)
         return d
@@ -506,15 +507,17 @@ class CoderBackend:
             return succeed(None)
         user_id = user_id.lower()
         entry = self.caches.users.get(user_id)
-        if entry is not None and self._clock.seconds() - entry[0] < self.settings.cache_seconds:
-            return succeed(entry[1])
+        if entry is not None:
+            ttl = self.settings.cache_seconds if entry[1] is not None else self.settings.negative_cache_seconds
+            if self._clock.seconds() - entry[0] < ttl:
+                return succeed(entry[1])
         if self.settings.service_token is None or self._clock.seconds() < self._down_until:
             return succeed(self._known(user_id))
         return self._once(("user", user_id), lambda: self._lookup(user_id))
 
     def _lookup(self, user_id: str) -> Deferred:
         assert self.settings.service_token is not None
-        d = self._get(USERS_PATH + quote(user_id, safe=""), self.settings.service_token)
+        d = maybeDeferred(self._get, USERS_PATH + quote(user_id, safe=""), self.settings.service_token)
         d.addCallback(self._looked_up, user_id)
 
         def failed(failure: Failure) -> Optional[Identity]:
@@ -566,7 +569,7 @@ class CoderBackend:
             return mine
         # Registered before asking: an answer that comes at once finds it.
         self._pending[key] = [mine]
-        start().addBoth(self._hand_out, key)
+        maybeDeferred(start).addBoth(self._hand_out, key)
         return mine
 
     def _hand_out(self, answer: Any, key: tuple[str, Any]) -> None:
@@ -624,7 +627,6 @@ def make_agent(reactor: Any, config: Any, settings: CoderSettings) -> Any:
     host name included) against C{ca_file} when set, else the system's CAs;
     connections time out with the request.
     """
-    from bridgeproxy.proxy import upstream
     trust = _load_ca(settings.ca_file) if settings.ca_file else None
     upstream_config = replace(config.upstream, ca_file=settings.ca_file, connect_timeout=settings.timeout)
     return upstream.make_agent(reactor, upstream_config, BrowserLikePolicyForHTTPS(trustRoot=trust))

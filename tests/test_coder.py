@@ -76,6 +76,17 @@ class RefusingAgent:
         return fail(ConnectionRefusedError("Connection was refused by other side: 111"))
 
 
+class RaisingAgent:
+    """An agent that raises instead of answering (a bug below us)."""
+
+    def __init__(self):
+        self.requests = 0
+
+    def request(self, method, uri, headers=None, bodyProducer=None):
+        self.requests += 1
+        raise RuntimeError("boom")
+
+
 def refused(answer, error_type):
     assert not isinstance(answer, (Identity, type(None))), f"expected a refusal, got {answer!r}"
     assert answer.check(error_type), answer
@@ -342,6 +353,18 @@ def test_refused_connections_fall_back_like_errors():
     assert agent.requests == 2
 
 
+def test_an_agent_that_raises_is_an_unreachable_deployment():
+    """An agent raising at once is a failed check (503), not a crash, and does not wedge later checks of the token."""
+    agent = RaisingAgent()
+    backend = CoderBackend(CoderSettings(url=URL, retry_seconds=0), agent, Clock())
+    token = coder_token()
+    for _ in range(2):
+        out: list = []
+        backend.identify(token).addBoth(out.append)
+        refused(out[0], IdentityUnavailable)
+    assert agent.requests == 2
+
+
 def test_after_a_failure_the_deployment_is_left_alone_for_retry_seconds():
     """During an outage requests do not each wait on the deployment: it is asked again only after retry_seconds."""
     d = Deployment(cache_seconds=0, retry_seconds=5)
@@ -486,6 +509,12 @@ def test_lookup_user_asks_with_the_service_token():
     assert d2.lookup("6b0e4a52-0c1d-4e2f-8a3b-4c5d6e7f8091") is None
     assert d2.lookup("../me") is None
     assert len(d.fake.calls) == 2
+    d2.clock.advance(9)
+    assert d2.lookup("6b0e4a52-0c1d-4e2f-8a3b-4c5d6e7f8091") is None
+    assert len(d.fake.calls) == 2
+    d2.clock.advance(1)
+    d2.lookup("6b0e4a52-0c1d-4e2f-8a3b-4c5d6e7f8091")
+    assert len(d.fake.calls) == 3
 
 
 def test_lookup_user_of_a_suspended_delegate_is_disabled():
