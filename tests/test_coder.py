@@ -551,6 +551,25 @@ def test_lookup_user_falls_back_when_the_service_token_is_refused(captured_log):
     assert "refused the service token (401)" in captured_log.text()
 
 
+def test_coder_agents_delegation_names_the_owner_from_the_deployment():
+    """A delegator's token naming a Coder user in X-Coder-Owner-Id: recorded for that user, by name; a suspended one is 403."""
+    d = Deployment()
+    agents, service = d.user("coder-agents", roles=("owner",))
+    d = _with_service(d, service)
+    owner = d.fake.add_user("olivia")
+    suspended = d.fake.add_user("sam", status="suspended")
+    gw = memory.gateway({"initiator": {"delegators": [agents["id"]]}}, identities=d.backend)
+    headers = {"Authorization": f"Bearer {service}", "User-Agent": "coder-agents/v2.24.0 (linux/amd64)"}
+    answer = gw.send("POST", "/openai/v1/chat/completions", CHAT, {**headers, "X-Coder-Owner-Id": owner["id"]})
+    assert answer.status == 200
+    [record] = gw.records
+    assert (record.initiator_id, record.initiator_username, record.credential_user_id) == (
+        owner["id"], "olivia", agents["id"])
+    answer = gw.send("POST", "/openai/v1/chat/completions", CHAT, {**headers, "X-Coder-Owner-Id": suspended["id"]})
+    assert answer.status == 403
+    assert len(gw.upstream.seen) == 1
+
+
 def _with_service(d: Deployment, service: str) -> Deployment:
     """C{d}'s deployment and clock, with a backend that has a service token."""
     d.settings = CoderSettings(url=URL, service_token=service)
