@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli,tests.test_cli_commands -*-
+# -*- test-case-name: tests.test_cli,tests.test_cli_commands,tests.test_coder -*-
 """
 The bridgeproxy command: keys, users, the database, and what was recorded.
 
