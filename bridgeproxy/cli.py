@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli,tests.test_cli_commands -*-
+# -*- test-case-name: tests.test_cli,tests.test_cli_commands,tests.test_coder -*-
 """
 The bridgeproxy command: keys, users, the database, and what was recorded.
 
@@ -97,6 +97,25 @@ def _db(args: argparse.Namespace) -> Database:
     return db
 
 
+#: What the key and user commands say when a Coder deployment checks the bridge keys.
+_MANAGED_BY_CODER = {
+    "keys": ("keys are managed by the Coder deployment in this configuration (identity_backend = \"coder\"): "
+             "the bridge key is a Coder session or API token (`coder tokens create`)"),
+    "users": ("users are managed by the Coder deployment in this configuration (identity_backend = \"coder\"): "
+              "suspend or activate them there (`coder users suspend USERNAME`)"),
+}
+
+
+def _keystore(args: argparse.Namespace, what: str) -> Database:
+    """
+    The store, for a command about its keys or users (C{what}); refused when
+    the configuration has the Coder deployment check bridge keys instead.
+    """
+    if _config(args.config).identity_backend == "coder":
+        raise ConfigError(_MANAGED_BY_CODER[what])
+    return _db(args)
+
+
 def _when(ts: Optional[float]) -> str:
     if ts is None:
         return "-"
@@ -177,7 +196,7 @@ def _since(value: str) -> float:
 
 def keys_create(args: argparse.Namespace, out: Any) -> int:
     expires = time.time() + args.expires_days * 86400 if args.expires_days else None
-    key_id, token = _db(args).create_key(args.username, args.user_id, admin=args.admin, expires_at=expires)
+    key_id, token = _keystore(args, "keys").create_key(args.username, args.user_id, admin=args.admin, expires_at=expires)
     sys.stderr.write(f"created key {key_id} for {args.username}; the key is shown once:\n")
     out.write(token + "\n")
     return 0
@@ -201,7 +220,7 @@ def key_state(row: dict[str, Any], now: float) -> str:
 
 def keys_list(args: argparse.Namespace, out: Any) -> int:
     now = time.time()
-    rows = _db(args).list_keys()
+    rows = _keystore(args, "keys").list_keys()
     if args.json:
         _json([{
             "key_id": row["key_id"],
@@ -226,7 +245,7 @@ def keys_list(args: argparse.Namespace, out: Any) -> int:
 
 
 def keys_revoke(args: argparse.Namespace, out: Any) -> int:
-    if not _db(args).revoke_key(args.key_id):
+    if not _keystore(args, "keys").revoke_key(args.key_id):
         sys.stderr.write(f"bridgeproxy: no active key {args.key_id}\n")
         return 1
     out.write(f"revoked {args.key_id}\n")
@@ -235,7 +254,7 @@ def keys_revoke(args: argparse.Namespace, out: Any) -> int:
 
 def users_set(disabled: bool):
     def command(args: argparse.Namespace, out: Any) -> int:
-        if not _db(args).set_user_disabled(args.user, disabled):
+        if not _keystore(args, "users").set_user_disabled(args.user, disabled):
             sys.stderr.write(f"bridgeproxy: no user {args.user}\n")
             return 1
         out.write(f"{'disabled' if disabled else 'enabled'} {args.user}\n")

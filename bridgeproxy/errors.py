@@ -134,6 +134,19 @@ class NotConfigured(BridgeError):
     record_status = "refused"
 
 
+class IdentityUnavailable(BridgeError):
+    """
+    The identity backend could not check a credential it has no answer for
+    (a Coder deployment that is down or answers nonsense): 503, with
+    C{Retry-After}.
+    """
+
+    status = 503
+    kind = "api_error"
+    record_status = "refused"
+    reason = "identity_unavailable"
+
+
 #: Each neutral error kind in the OpenAI error shape: C{(type, code)}.
 OPENAI_ERRORS = {
     "invalid_request": ("invalid_request_error", None),

@@ -4,6 +4,7 @@ registered like anybody else's plugins.
 """
 
 from bridgeproxy.auth import ApiKeyExtractor, BearerExtractor, CoderTokenExtractor
+from bridgeproxy.coder import CoderPlugin
 from bridgeproxy.identity import KeystorePlugin
 from bridgeproxy.initiator import CoderAgentsOwnerResolver, TokenResolver
 from bridgeproxy.providers.anthropic import AnthropicProvider
@@ -18,3 +19,4 @@ openaiProvider = OpenAIProvider()
 openaiCompatibleProvider = OpenAICompatibleProvider()
 anthropicProvider = AnthropicProvider()
 keystore = KeystorePlugin()
+coder = CoderPlugin()
