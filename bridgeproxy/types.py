@@ -167,6 +167,9 @@ class Interception:
     stop_reason: Optional[str] = None
     error: Optional[str] = None
     status: str = "ok"
+    #: What it cost, in micro-units of the price table's currency (L{bridgeproxy.prices});
+    #: L{None} when nothing was priced: no usage, or a model with no price.
+    cost_micros: Optional[int] = None
 
     @property
     def duration_ms(self) -> int:

@@ -29,6 +29,7 @@ from bridgeproxy.errors import (
     UpstreamTimeout, UpstreamUnavailable,
 )
 from bridgeproxy.metrics import Metrics
+from bridgeproxy.prices import table_for
 from bridgeproxy.proxy import records
 from bridgeproxy.proxy.errors import write_error
 from bridgeproxy.proxy.exchange import Exchange
@@ -120,6 +121,7 @@ class Bridge:
         for entry in by_prefix.values():
             _ = entry.passthrough  # parsed now: a bad rule fails the reload, not a request
         limits = self.limits if old is not None and old.limits == config.limits else Limits(config.limits, self.clock)
+        prices = table_for(config)
         self.config = config
         self.providers = by_prefix
         self.extractors = tuple(extractors)
@@ -128,6 +130,7 @@ class Bridge:
         self.timeout = config.upstream.timeout
         self._bridge_headers = tuple(config.auth.coder_token_headers)
         self.limits = limits
+        self.prices = prices
 
     # -- the straight line -----------------------------------------------------------
 
@@ -434,7 +437,8 @@ class Bridge:
             http_status = request.code
         record = records.interception(ex, ended_at=self.clock.seconds(), status=status, error=error, usage=usage,
                                       http_status=http_status,
-                                      max_prompt_chars=self.config.recording.max_prompt_chars)
+                                      max_prompt_chars=self.config.recording.max_prompt_chars,
+                                      prices=self.prices)
         self.metrics.interception(record)
         self.recorder.record(record)
         if self.config.log_interceptions:

@@ -65,6 +65,10 @@ MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE interceptions ADD COLUMN http_status INTEGER",
     ],
+    # 3: what a request cost (micro-units; NULL when its model has no price)
+    [
+        "ALTER TABLE interceptions ADD COLUMN cost_micros BIGINT",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)
