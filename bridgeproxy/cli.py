@@ -279,7 +279,7 @@ def db_migrate(args: argparse.Namespace, out: Any) -> int:
 
 
 _INTEGERS = ("duration_ms", "upstream_status", "input_tokens", "output_tokens",
-             "cache_read_tokens", "cache_write_tokens", "cost_micros")
+             "cache_read_tokens", "cache_write_tokens", "cost_micros", "attempts")
 
 
 def _interception_json(row: dict[str, Any]) -> dict[str, Any]:

@@ -279,6 +279,41 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class BreakerConfig:
+    """C{[breaker]}: a circuit breaker per provider."""
+
+    failures: int = setting(
+        5, "this many failures in a row (connect errors, timeouts, 5xx, and 429 answered to the gateway's own "
+        "key) open the provider's breaker; 0 turns breakers off", check=not_negative)
+    window: float = setting(
+        10.0, "the failures must fall within this many seconds", check=positive, type_name="number (seconds)")
+    open_seconds: float = setting(
+        30.0, "how long an open breaker answers 503 (with `Retry-After`) without asking the provider",
+        check=positive, type_name="number (seconds)")
+    probes: int = setting(
+        3, "then this many requests go through (half-open): all succeed and it closes, one fails and it opens "
+        "again", check=positive)
+
+
+@dataclass(frozen=True)
+class RetriesConfig:
+    """C{[retries]}: resending a request the provider did not take."""
+
+    max: int = setting(
+        2, "how many times a request is sent again after a connect failure or a 429, 502 or 503 answer, never "
+        "once a byte of the answer reached the client; 0 turns retries off", check=not_negative)
+    backoff: float = setting(
+        0.5, "the wait before the first retry, doubled for each next one, each wait jittered (half to all of "
+        "it)", check=positive, type_name="number (seconds)")
+    max_backoff: float = setting(
+        8.0, "no wait is longer than this (before jitter)", check=positive, type_name="number (seconds)")
+    retry_after_cap: float = setting(
+        10.0, "a provider's `Retry-After` (or `retry-after-ms`) up to this long is waited exactly; a longer one "
+        "is not retried: the client gets the provider's answer, `Retry-After` included", check=not_negative,
+        type_name="number (seconds)")
+
+
+@dataclass(frozen=True)
 class PriceConfig:
     """One C{[prices."<provider>/<model>"]} table: amounts per million tokens."""
 
@@ -344,6 +379,8 @@ class Config:
     upstream: UpstreamConfig = UpstreamConfig()
     recording: RecordingConfig = RecordingConfig()
     limits: LimitsConfig = LimitsConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    retries: RetriesConfig = RetriesConfig()
     #: C{"<provider>/<model>"} -> its price, over the shipped table (L{bridgeproxy.prices}).
     prices: Mapping[str, PriceConfig] = field(default_factory=dict)
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -354,6 +391,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "auth": AuthConfig, "initiator": InitiatorConfig, "clients": ClientsConfig,
     "upstream": UpstreamConfig, "recording": RecordingConfig, "limits": LimitsConfig,
+    "breaker": BreakerConfig, "retries": RetriesConfig,
 }
 
 

@@ -42,6 +42,12 @@ class Metrics:
                              "table's currency, by provider and model", ["provider", "model"], registry=r)
         self.unpriced = PCounter("bridgeproxy_unpriced_requests", "Requests with tokens but no price for their "
                                  "model (recorded without a cost)", ["provider", "model"], registry=r)
+        self.retries = PCounter("bridgeproxy_upstream_retries", "Requests sent to a provider again, by what the "
+                                "send before got (connect, 429, 502, 503)", ["provider", "reason"], registry=r)
+        self.breaker_state = Gauge("bridgeproxy_breaker_state", "Each provider's circuit breaker: 0 closed, "
+                                   "1 half-open, 2 open", ["provider"], registry=r)
+        self.breaker_changes = PCounter("bridgeproxy_breaker_transitions", "Circuit breaker changes, by the "
+                                        "state entered", ["provider", "state"], registry=r)
         self.auth_failures = PCounter("bridgeproxy_auth_failures", "Refused credentials, by reason",
                                       ["reason"], registry=r)
         self.delegations = PCounter("bridgeproxy_delegations", "X-Coder-Owner-Id overrides, by outcome",

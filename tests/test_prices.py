@@ -18,6 +18,7 @@ from bridgeproxy.config import parse
 from bridgeproxy.errors import ConfigError
 from bridgeproxy.prices import SHIPPED, Price, PriceTable, price, shipped_reference, table_for, undated
 from bridgeproxy.store.database import Database, StoreError
+from bridgeproxy.store.schema import LATEST
 from bridgeproxy.types import Interception, Usage
 from tests import payloads
 from tests.memory import TOKEN, gateway, json_answer, sse_answer
@@ -371,8 +372,8 @@ def test_the_migration_adds_a_null_cost_to_earlier_rows(tmp_path, monkeypatch):
     old.execute("INSERT INTO interceptions (id, started_at, ended_at, duration_ms, provider, route, intercepted, "
                 "method, streamed, client, status) VALUES ('old', 1, 2, 1000, 'openai', 'r', 1, 'POST', 0, 'c', "
                 "'ok')")
-    monkeypatch.setattr(database_module, "LATEST", 3)
-    assert old.migrate() == [3]
+    monkeypatch.setattr(database_module, "LATEST", LATEST)
+    assert old.migrate() == list(range(3, LATEST + 1))
     old.insert_interceptions([rec(1)])
     assert {r["id"]: r["cost_micros"] for r in old.interceptions()} == {"old": None, "id-1": 100}
     old.close()

@@ -91,4 +91,5 @@ def interception(ex: Exchange, *, ended_at: float, status: str, error: Optional[
         status="incomplete" if (status == "ok" and ex.streamed and usage is not None and not usage.complete)
         else status,
         cost_micros=cost,
+        attempts=ex.attempts,
     )

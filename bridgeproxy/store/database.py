@@ -21,7 +21,7 @@ from bridgeproxy.store.schema import INTERCEPTION_COLUMNS, LATEST, MIGRATIONS
 from bridgeproxy.types import Identity, Interception, mask_secret, record_row, row_dict
 
 TOKEN_PREFIX = "bp_"
-#: Rows per INSERT statement (30 columns each; SQLite allows 32766 parameters).
+#: Rows per INSERT statement (31 columns each; SQLite allows 32766 parameters).
 _ROWS_PER_STATEMENT = 250
 
 

@@ -69,6 +69,10 @@ MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE interceptions ADD COLUMN cost_micros BIGINT",
     ],
+    # 4: how many times a request was sent upstream (retries)
+    [
+        "ALTER TABLE interceptions ADD COLUMN attempts INTEGER",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)
