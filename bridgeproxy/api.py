@@ -22,6 +22,7 @@ from bridgeproxy.auth import extract_credential
 from bridgeproxy.values import parse_since
 from bridgeproxy.errors import AuthenticationFailed, BadRequest, BridgeError, NotFound, PermissionDenied
 from bridgeproxy.proxy.errors import write_error
+from bridgeproxy.store.database import StoreError, by_columns
 
 MAX_PAGE = 500
 
@@ -163,8 +164,11 @@ class BridgeAPI:
 
     def _usage(self, request: Any, initiator: Optional[str]) -> Deferred:
         by = _arg(request, "by") or "initiator"
-        if by not in ("initiator", "client", "model"):
-            raise BadRequest("by must be initiator, client or model")
+        try:
+            by_columns(by)
+        except StoreError:
+            raise BadRequest("by must be initiator, client, model or day, or several of them comma-separated "
+                             "(initiator,day)") from None
         client, since = _arg(request, "client"), _since(_arg(request, "since"))
         d = self.store.run(lambda db: db.usage(by=by, initiator=initiator, client=client, since=since))
         return d.addCallback(lambda rows: _json(request, 200, {"by": by, "data": rows}))

@@ -25,7 +25,9 @@ from bridgeproxy import __version__
 from bridgeproxy.config import Config, load, parse
 from bridgeproxy.values import is_uuid4, parse_since
 from bridgeproxy.errors import ConfigError
+from bridgeproxy.prices import MICROS
 from bridgeproxy.store import Database, StoreError, mask_query_password, passwords
+from bridgeproxy.store.database import by_columns
 
 #: The longest expiry C{keys create --expires-days} accepts (about 100 years).
 MAX_EXPIRES_DAYS = 36500
@@ -140,6 +142,13 @@ def _json(rows: Any, out: Any) -> None:
 
 
 # -- argument types (their errors become one-line usage errors) ------------------
+
+
+def _groups(value: str) -> tuple[str, ...]:
+    try:
+        return by_columns(value)
+    except StoreError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _expires_days(value: str) -> int:
@@ -270,7 +279,7 @@ def db_migrate(args: argparse.Namespace, out: Any) -> int:
 
 
 _INTEGERS = ("duration_ms", "upstream_status", "input_tokens", "output_tokens",
-             "cache_read_tokens", "cache_write_tokens")
+             "cache_read_tokens", "cache_write_tokens", "cost_micros", "attempts")
 
 
 def _interception_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -301,13 +310,20 @@ def interceptions_list(args: argparse.Namespace, out: Any) -> int:
 
 
 def usage(args: argparse.Namespace, out: Any) -> int:
-    rows = _db(args).usage(by=args.by, since=args.since)
+    rows = _db(args).usage(by=",".join(args.by), since=args.since)
     if args.json:
         _json(rows, out)
     else:
-        _table(rows, (args.by, "requests", "input_tokens", "output_tokens",
-                      "cache_read_tokens", "cache_write_tokens"), out)
+        for row in rows:
+            row["cost"] = _money(row["cost_micros"])
+        _table(rows, (*args.by, "requests", "input_tokens", "output_tokens",
+                      "cache_read_tokens", "cache_write_tokens", "cost", "unpriced_requests"), out)
     return 0
+
+
+def _money(micros: int) -> str:
+    """Micro-units as an amount of the currency, to the micro-unit: C{1234567} -> C{"1.234567"}."""
+    return f"{micros // MICROS}.{micros % MICROS:06d}"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -376,9 +392,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     p.set_defaults(run=interceptions_list)
 
-    p = sub.add_parser("usage", parents=[common], help="token totals",
-                       description="Request counts and token totals, grouped by initiator, client or model.")
-    p.add_argument("--by", choices=("initiator", "client", "model"), default="initiator")
+    p = sub.add_parser("usage", parents=[common], help="token totals and cost",
+                       description="Request counts, token totals and cost, grouped by initiator, client, model "
+                                   "or day (UTC), or several of them (--by initiator,day).")
+    p.add_argument("--by", type=_groups, default=("initiator",), metavar="{initiator,client,model,day}[,...]",
+                   help="what to group by; several comma-separated (default: initiator)")
     p.add_argument("--since", type=_since, help="ISO 8601 date or time (UTC unless it says otherwise)")
     p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     p.set_defaults(run=usage)

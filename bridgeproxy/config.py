@@ -32,7 +32,7 @@ DEFAULT_DATABASE = "sqlite:bridgeproxy.db"
 #: How each kind of value reads from TOML, and what the reference calls it.
 _KINDS: dict[str, str] = {
     "bool": "boolean", "int": "integer", "number": "number", "string": "string",
-    "strings": "list of strings", "optional string": "string",
+    "strings": "list of strings", "optional string": "string", "optional number": "number",
 }
 
 Check = Callable[[str, Any, str], Any]
@@ -71,6 +71,13 @@ def positive(where: str, value: Any, base_dir: str) -> Any:
 def not_negative(where: str, value: Any, base_dir: str) -> Any:
     if value < 0:
         raise ConfigError(f"{where} must be 0 (off) or more, got {value}")
+    return value
+
+
+def _amount(where: str, value: float, base_dir: str) -> float:
+    # TOML has inf and nan; a price is a plain amount (the cap keeps a cost within a BIGINT).
+    if not 0 <= value <= 1_000_000:
+        raise ConfigError(f"{where} must be an amount from 0 to 1000000 (per million tokens), got {value}")
     return value
 
 
@@ -272,6 +279,66 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class BreakerConfig:
+    """C{[breaker]}: a circuit breaker per provider."""
+
+    failures: int = setting(
+        5, "this many failures in a row (connect errors, timeouts, 5xx, and 429 answered to the gateway's own "
+        "key) open the provider's breaker; 0 turns breakers off", check=not_negative)
+    window: float = setting(
+        10.0, "the failures must fall within this many seconds", check=positive, type_name="number (seconds)")
+    open_seconds: float = setting(
+        30.0, "how long an open breaker answers 503 (with `Retry-After`) without asking the provider",
+        check=positive, type_name="number (seconds)")
+    probes: int = setting(
+        3, "then this many requests go through (half-open): all succeed and it closes, one fails and it opens "
+        "again", check=positive)
+
+
+@dataclass(frozen=True)
+class RetriesConfig:
+    """C{[retries]}: resending a request the provider did not take."""
+
+    max: int = setting(
+        2, "how many times a request is sent again after a connect failure or a 429, 502 or 503 answer, never "
+        "once a byte of the answer reached the client; 0 turns retries off", check=not_negative)
+    backoff: float = setting(
+        0.5, "the wait before the first retry, doubled for each next one, each wait jittered (half to all of "
+        "it)", check=positive, type_name="number (seconds)")
+    max_backoff: float = setting(
+        8.0, "no wait is longer than this (before jitter)", check=positive, type_name="number (seconds)")
+    retry_after_cap: float = setting(
+        10.0, "a provider's `Retry-After` (or `retry-after-ms`) up to this long is waited exactly; a longer one "
+        "is not retried: the client gets the provider's answer, `Retry-After` included", check=not_negative,
+        type_name="number (seconds)")
+
+
+@dataclass(frozen=True)
+class PriceConfig:
+    """One C{[prices."<provider>/<model>"]} table: amounts per million tokens."""
+
+    input: Optional[float] = setting(
+        None, "an input token not read from the cache (required)", kind="optional number", check=_amount,
+        shown="—", type_name="number (currency per million tokens)")
+    output: Optional[float] = setting(
+        None, "an output token, reasoning included (required)", kind="optional number", check=_amount,
+        shown="—", type_name="number (currency per million tokens)")
+    cache_read: Optional[float] = setting(
+        None, "an input token read from the prompt cache", kind="optional number", check=_amount,
+        shown="`input`", type_name="number (currency per million tokens)")
+    cache_write: Optional[float] = setting(
+        None, "an input token written to the prompt cache", kind="optional number", check=_amount,
+        shown="`input`", type_name="number (currency per million tokens)")
+
+    @property
+    def price(self) -> Any:
+        """The L{bridgeproxy.prices.Price} this table declares (in micro-units)."""
+        from bridgeproxy.prices import price
+        assert self.input is not None and self.output is not None
+        return price(self.input, self.output, self.cache_read, self.cache_write)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; see C{docs/configuration.md}."""
 
@@ -312,6 +379,10 @@ class Config:
     upstream: UpstreamConfig = UpstreamConfig()
     recording: RecordingConfig = RecordingConfig()
     limits: LimitsConfig = LimitsConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    retries: RetriesConfig = RetriesConfig()
+    #: C{"<provider>/<model>"} -> its price, over the shipped table (L{bridgeproxy.prices}).
+    prices: Mapping[str, PriceConfig] = field(default_factory=dict)
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     source_path: Optional[str] = None
 
@@ -320,6 +391,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "auth": AuthConfig, "initiator": InitiatorConfig, "clients": ClientsConfig,
     "upstream": UpstreamConfig, "recording": RecordingConfig, "limits": LimitsConfig,
+    "breaker": BreakerConfig, "retries": RetriesConfig,
 }
 
 
@@ -348,7 +420,8 @@ def _as(kind: str, where: str, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
             raise ConfigError(f"{where} must be a list of non-empty strings")
         return tuple(v.strip() for v in value)
-    expected = {"bool": bool, "int": int, "number": float, "string": str, "optional string": str}[kind]
+    expected = {"bool": bool, "int": int, "number": float, "string": str, "optional string": str,
+                "optional number": float}[kind]
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
@@ -426,6 +499,25 @@ def _providers(data: Mapping[str, Any], environ: Mapping[str, str], base_dir: st
     return result
 
 
+def _prices(data: Mapping[str, Any], providers: Mapping[str, ProviderConfig],
+            base_dir: str) -> dict[str, PriceConfig]:
+    result = {}
+    for key, table in _table(data, "prices").items():
+        where = f'prices."{key}"'
+        name, slash, model = key.partition("/")
+        if not slash or not model.strip() or model != model.strip():
+            raise ConfigError(f"[{where}]: name a provider and a model: [prices.\"<provider>/<model>\"]")
+        if name not in providers:
+            raise ConfigError(f"[{where}]: no provider named {name!r} (configured: {', '.join(sorted(providers))})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{where}] must be a table")
+        entry = _read(PriceConfig, where, table, base_dir)
+        if entry.input is None or entry.output is None:
+            raise ConfigError(f"[{where}]: input and output are required")
+        result[key] = entry
+    return result
+
+
 def parse(data: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None,
           base_dir: str = ".", source_path: Optional[str] = None) -> Config:
     """
@@ -435,7 +527,7 @@ def parse(data: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None,
     """
     if environ is None:
         environ = os.environ
-    tables = set(SECTIONS) | {"providers", "plugins"}
+    tables = set(SECTIONS) | {"providers", "plugins", "prices"}
     _check_keys("", data, {f.name for f in declared(Config)} | tables)
     sections = {name: _read(cls, name, _table(data, name), base_dir) for name, cls in SECTIONS.items()}
     plugins = _table(data, "plugins")
@@ -443,7 +535,8 @@ def parse(data: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None,
         if not isinstance(table, dict):
             raise ConfigError(f"[plugins.{name}] must be a table")
     top = {k: v for k, v in data.items() if k not in tables}
-    config = _read(Config, "", top, base_dir, providers=_providers(data, environ, base_dir),
+    providers = _providers(data, environ, base_dir)
+    config = _read(Config, "", top, base_dir, providers=providers, prices=_prices(data, providers, base_dir),
                    plugins={k: dict(v) for k, v in plugins.items()}, source_path=source_path, **sections)
     if source_path is not None:
         # A file's relative paths mean the same whoever reads it (twistd,
@@ -506,7 +599,7 @@ def reference_table(cls: type) -> str:
 
 
 #: The tables of the reference, by the marker that introduces them in docs/configuration.md.
-REFERENCE: dict[str, type] = {"top": Config, "providers": ProviderConfig, **SECTIONS}
+REFERENCE: dict[str, type] = {"top": Config, "providers": ProviderConfig, **SECTIONS, "prices": PriceConfig}
 
 
 def write_reference(text: str) -> str:

@@ -126,6 +126,18 @@ class RateLimited(BridgeError):
     record_status = "refused"
 
 
+class CircuitOpen(BridgeError):
+    """
+    The provider's circuit breaker is open (it failed too often lately): 503
+    at once, with C{Retry-After}, and the provider is not asked.
+    """
+
+    status = 503
+    kind = "overloaded"
+    record_status = "refused"
+    reason = "circuit_open"
+
+
 class NotConfigured(BridgeError):
     """The bridge lacks what it needs to serve this (503)."""
 

@@ -38,6 +38,16 @@ class Metrics:
                               ["provider"], buckets=_LATENCY_BUCKETS, registry=r)
         self.tokens = PCounter("bridgeproxy_tokens", "Tokens, by provider, model and kind",
                                ["provider", "model", "kind"], registry=r)
+        self.cost = PCounter("bridgeproxy_cost_micros", "What requests cost, in micro-units of the price "
+                             "table's currency, by provider and model", ["provider", "model"], registry=r)
+        self.unpriced = PCounter("bridgeproxy_unpriced_requests", "Requests with tokens but no price for their "
+                                 "model (recorded without a cost)", ["provider", "model"], registry=r)
+        self.retries = PCounter("bridgeproxy_upstream_retries", "Requests sent to a provider again, by what the "
+                                "send before got (connect, 429, 502, 503)", ["provider", "reason"], registry=r)
+        self.breaker_state = Gauge("bridgeproxy_breaker_state", "Each provider's circuit breaker: 0 closed, "
+                                   "1 half-open, 2 open", ["provider"], registry=r)
+        self.breaker_changes = PCounter("bridgeproxy_breaker_transitions", "Circuit breaker changes, by the "
+                                        "state entered", ["provider", "state"], registry=r)
         self.auth_failures = PCounter("bridgeproxy_auth_failures", "Refused credentials, by reason",
                                       ["reason"], registry=r)
         self.delegations = PCounter("bridgeproxy_delegations", "X-Coder-Owner-Id overrides, by outcome",
@@ -74,7 +84,7 @@ class Metrics:
         return model
 
     def interception(self, record: Any) -> None:
-        """Count a finished interception and its tokens."""
+        """Count a finished interception, its tokens and its cost (or that it had none)."""
         route = record.route if record.intercepted else "passthrough"
         self.requests.labels(record.provider, route, record.client, record.status).inc()
         model = self.model_label(record.model)
@@ -82,6 +92,12 @@ class Metrics:
             value = getattr(record, f"{kind}_tokens")
             if value:
                 self.tokens.labels(record.provider, model, kind).inc(value)
+        cost = record.cost_micros
+        if cost:
+            self.cost.labels(record.provider, model).inc(cost)
+        elif cost is None and (record.input_tokens or record.output_tokens or record.cache_read_tokens
+                               or record.cache_write_tokens):
+            self.unpriced.labels(record.provider, model).inc()
 
     def watch_queue(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)

@@ -167,6 +167,12 @@ class Interception:
     stop_reason: Optional[str] = None
     error: Optional[str] = None
     status: str = "ok"
+    #: What it cost, in micro-units of the price table's currency (L{bridgeproxy.prices});
+    #: L{None} when nothing was priced: no usage, or a model with no price.
+    cost_micros: Optional[int] = None
+    #: How many times it was sent upstream (more than 1 after retries; 0 when
+    #: refused before); L{None} in records made before this was recorded.
+    attempts: Optional[int] = None
 
     @property
     def duration_ms(self) -> int:

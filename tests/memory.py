@@ -14,7 +14,8 @@ from typing import Any, Callable, Optional
 
 from treq.testing import RequestTraversalAgent
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import succeed
+from twisted.internet.defer import fail, succeed
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web import server
@@ -30,6 +31,7 @@ from bridgeproxy.providers.openai import OpenAIProvider
 from bridgeproxy.proxy.pipeline import Bridge, ProviderEntry
 from bridgeproxy.proxy.resource import BridgeResource
 from bridgeproxy.proxy.site import make_site
+from bridgeproxy.proxy.upstream import Upstream as UpstreamClient
 from bridgeproxy.types import Identity
 
 OPENAI_KEY = "sk-central-openai-MEMORY-0123456789abcdef"
@@ -91,12 +93,40 @@ class Upstream(Resource):
         return self.handler(request)
 
 
-def json_answer(status: int, obj: Any) -> Callable[[Any], bytes]:
+def json_answer(status: int, obj: Any, headers: Optional[dict] = None) -> Callable[[Any], bytes]:
     def handler(request):
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
+        for name, value in (headers or {}).items():
+            request.setHeader(name.encode(), value.encode())
         return json.dumps(obj).encode()
     return handler
+
+
+def in_turn(*handlers: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Answers the first request with the first handler, the next with the next; the last one repeats."""
+    queue = list(handlers)
+
+    def handler(request):
+        return (queue.pop(0) if len(queue) > 1 else queue[0])(request)
+    return handler
+
+
+class Unreachable:
+    """
+    An agent in front of another whose first C{times} connections are refused
+    (the upstream is down); C{attempts} counts every request it was given.
+    """
+
+    def __init__(self, agent: Any, times: int):
+        self.agent, self.times, self.attempts = agent, times, 0
+
+    def request(self, method, uri, headers=None, bodyProducer=None):
+        self.attempts += 1
+        if self.times:
+            self.times -= 1
+            return fail(ConnectionRefusedError("Connection was refused by other side: 111: Connection refused."))
+        return self.agent.request(method, uri, headers, bodyProducer)
 
 
 def sse_answer(events: list[bytes], end: str = "finish") -> Callable[[Any], Any]:
@@ -192,6 +222,12 @@ class Gateway:
         assert answer is not None, "no answer was written"
         return answer
 
+    def unreachable(self, times: int) -> "Unreachable":
+        """Refuse the next C{times} connections to the upstream (then reach it again)."""
+        agent = Unreachable(self.upstream_agent, times)
+        self.bridge.upstream = UpstreamClient(agent, self.clock)
+        return agent
+
     def open(self, method: str, path: str, body: Any = None, headers: Optional[dict] = None):
         """Send a request and leave its connection open: C{(protocol, transport)}, to drive with the clock."""
         protocol, transport = self.connect()
@@ -225,6 +261,9 @@ def gateway(extra: Optional[dict] = None, identities: Optional[Identities] = Non
         "providers": {"openai": {"base_url": UPSTREAM + "/v1", "key_env": "K_OPENAI"},
                       "anthropic": {"base_url": UPSTREAM, "key_env": "K_ANTHROPIC"}},
         "upstream": {"timeout": 30},
+        # Off unless a test turns them on: they change what an error answer does.
+        "retries": {"max": 0},
+        "breaker": {"failures": 0},
     }
     for key, value in (extra or {}).items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):

@@ -468,7 +468,8 @@ def test_interceptions_and_usage_json_types(store_config):
     totals = json_out(["usage", "--config", store_config, "--by", "model", "--json"])
     by_model = {t["model"]: t for t in totals}
     assert by_model["claude"] == {"model": "claude", "requests": 1, "input_tokens": 10, "output_tokens": 5,
-                                  "cache_read_tokens": 2, "cache_write_tokens": 0}
+                                  "cache_read_tokens": 2, "cache_write_tokens": 0, "cost_micros": 0,
+                                  "unpriced_requests": 1}
     assert by_model[None]["requests"] == 1
     for total in totals:
         assert all(type(v) is int for k, v in total.items() if k != "model")

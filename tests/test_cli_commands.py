@@ -236,15 +236,16 @@ def test_usage_table_and_grouping(config):
     code, out = run("usage", "--config", config)
     lines = out.splitlines()
     assert code == 0 and lines[0].split() == ["initiator", "requests", "input_tokens", "output_tokens",
-                                              "cache_read_tokens", "cache_write_tokens"]
-    assert lines[1].split() == ["alice", "2", "20", "10", "0", "0"]
-    assert lines[2].split() == ["u2", "1", "1", "5", "0", "0"]
+                                              "cache_read_tokens", "cache_write_tokens", "cost",
+                                              "unpriced_requests"]
+    assert lines[1].split() == ["alice", "2", "20", "10", "0", "0", "0.000000", "2"]
+    assert lines[2].split() == ["u2", "1", "1", "5", "0", "0", "0.000000", "1"]
     code, out = run("usage", "--config", config, "--by", "model", "--json")
     assert json.loads(out) == [
         {"model": "claude", "requests": 2, "input_tokens": 20, "output_tokens": 10, "cache_read_tokens": 0,
-         "cache_write_tokens": 0},
+         "cache_write_tokens": 0, "cost_micros": 0, "unpriced_requests": 2},
         {"model": "gpt", "requests": 1, "input_tokens": 1, "output_tokens": 5, "cache_read_tokens": 0,
-         "cache_write_tokens": 0}]
+         "cache_write_tokens": 0, "cost_micros": 0, "unpriced_requests": 1}]
     code, out = run("usage", "--config", config, "--by", "client", "--since", when(1780000003.0))
     assert out.splitlines()[0].split()[0] == "client" and out.splitlines()[1].split()[:2] == ["Codex", "1"]
 
@@ -440,7 +441,7 @@ HELP = {
         'keys, users and store, and read back what it recorded. Exit status: 0 done, 1 failed '
         '(configuration, store, no such key or user), 2 bad command line. positional arguments: COMMAND '
         'keys bridge keys users users db the store interceptions recorded interceptions usage token '
-        "totals options: -h, --help show this help message and exit --version show program's version "
+        "totals and cost options: -h, --help show this help message and exit --version show program's version "
         'number and exit {CONFIG}'),
     'keys': (
         'usage: bridgeproxy keys [-h] ACTION ... Create, list and revoke bridge keys. positional '
@@ -493,10 +494,12 @@ HELP = {
         '(UTC unless it says otherwise) --limit LIMIT at most this many (default 100) --json print a '
         'JSON array instead of a table'),
     'usage': (
-        'usage: bridgeproxy usage [-h] [--config FILE] [--by {initiator,client,model}] [--since SINCE] '
-        '[--json] Request counts and token totals, grouped by initiator, client or model. options: -h, '
-        '--help show this help message and exit {CONFIG} --by {initiator,client,model} --since SINCE ISO '
-        '8601 date or time (UTC unless it says otherwise) --json print a JSON array instead of a table'),
+        'usage: bridgeproxy usage [-h] [--config FILE] [--by {initiator,client,model,day}[,...]] '
+        '[--since SINCE] [--json] Request counts, token totals and cost, grouped by initiator, client, '
+        'model or day (UTC), or several of them (--by initiator,day). options: -h, --help show this help '
+        'message and exit {CONFIG} --by {initiator,client,model,day}[,...] what to group by; several '
+        'comma-separated (default: initiator) --since SINCE ISO 8601 date or time (UTC unless it says '
+        'otherwise) --json print a JSON array instead of a table'),
 }
 
 

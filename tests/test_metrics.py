@@ -30,7 +30,7 @@ def value(m: Metrics, series: str, **labels) -> float:
 def record(**kw):
     fields = dict(provider="anthropic", route="messages", intercepted=True, client="Claude Code", status="ok",
                   model="claude-sonnet", input_tokens=10, output_tokens=5, cache_read_tokens=0,
-                  cache_write_tokens=2)
+                  cache_write_tokens=2, cost_micros=None)
     fields.update(kw)
     return SimpleNamespace(**fields)
 

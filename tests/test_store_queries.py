@@ -349,9 +349,9 @@ def test_usage_totals(db):
     ])
     assert db.usage() == [
         {"initiator": "alice", "requests": 2, "input_tokens": 20, "output_tokens": 10, "cache_read_tokens": 2,
-         "cache_write_tokens": 4},
+         "cache_write_tokens": 4, "cost_micros": 0, "unpriced_requests": 2},
         {"initiator": "u2", "requests": 1, "input_tokens": 100, "output_tokens": 0, "cache_read_tokens": 0,
-         "cache_write_tokens": 0},
+         "cache_write_tokens": 0, "cost_micros": 0, "unpriced_requests": 1},
     ]
     assert [(r["client"], r["requests"]) for r in db.usage(by="client")] == [("Claude Code", 2), ("Codex", 1)]
     assert [(r["model"], r["input_tokens"]) for r in db.usage(by="model")] == [("claude", 20), ("gpt", 100)]
@@ -363,8 +363,8 @@ def test_usage_totals(db):
 
 
 def test_usage_by_something_else_is_refused(db):
-    """Grouping by anything but initiator, client or model is an error (never SQL built from input)."""
-    with pytest.raises(StoreError, match="usage can be grouped by initiator, client or model"):
+    """Grouping by anything but initiator, client, model or day is an error (never SQL built from input)."""
+    with pytest.raises(StoreError, match="usage can be grouped by initiator, client, model or day"):
         db.usage(by="id; DROP TABLE users")
 
 
@@ -439,8 +439,9 @@ def test_interceptions_default_to_the_newest_hundred(db):
 def test_usage_error_message(db):
     """The refusal says exactly what may be grouped by."""
     with pytest.raises(StoreError) as caught:
-        db.usage(by="day")
-    assert str(caught.value) == "usage can be grouped by initiator, client or model"
+        db.usage(by="week")
+    assert str(caught.value) == ("usage can be grouped by initiator, client, model or day "
+                                 "(or several, comma-separated)")
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])

@@ -48,8 +48,15 @@ class Exchange:
     upstream_key: Optional[str] = None
     upstream_status: Optional[int] = None
     forwarded_at: float = 0.0
-    #: The stage in progress: the upstream request not answered yet, the
-    #: timer on it, the relay of its answer, or the error body being read.
+    #: What is sent upstream, kept for a retry: C{(method, url, headers, body)}.
+    outbound: Any = None
+    #: How many times it was sent upstream; the breaker that let the last send
+    #: through and its ticket, until the breaker is told how it went.
+    attempts: int = 0
+    ticket: Optional[tuple[Any, int]] = None
+    #: The stage in progress: the upstream request not answered yet (or the
+    #: wait before a retry), the timer on it, the relay of its answer, or the
+    #: error body being read.
     pending: Optional[Deferred] = None
     timer: Any = None
     relay: Any = None

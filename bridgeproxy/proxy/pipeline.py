@@ -3,7 +3,8 @@
 The request's way through the bridge, in one straight line:
 
 route -> extract credential -> detect client -> resolve initiator ->
-limits -> clean headers -> forward (treq) -> relay (+ tap for recording) -> record.
+limits -> clean headers -> breaker -> forward (treq; retried while nothing
+was relayed) -> relay (+ tap for recording) -> record.
 
 The resource tree (L{bridgeproxy.proxy.resource}) finds the provider and
 hands the request here; each arrow is one call into one module.
@@ -17,6 +18,7 @@ from functools import cached_property
 from typing import Any, Mapping, Optional, Sequence
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH
@@ -29,7 +31,9 @@ from bridgeproxy.errors import (
     UpstreamTimeout, UpstreamUnavailable,
 )
 from bridgeproxy.metrics import Metrics
+from bridgeproxy.prices import table_for
 from bridgeproxy.proxy import records
+from bridgeproxy.proxy.breaker import STATES, Breakers
 from bridgeproxy.proxy.errors import write_error
 from bridgeproxy.proxy.exchange import Exchange
 from bridgeproxy.proxy.headers import (
@@ -38,6 +42,7 @@ from bridgeproxy.proxy.headers import (
 )
 from bridgeproxy.proxy.limits import Limits
 from bridgeproxy.proxy.relay import COMPLETE, TRUNCATED, UPSTREAM_BROKE, Discard, ErrorBody, Relay
+from bridgeproxy.proxy.retries import Retries
 from bridgeproxy.proxy.routing import Passthrough, unsafe_path
 from bridgeproxy.proxy.upstream import Upstream
 from bridgeproxy.types import Initiator, Interception, Usage
@@ -88,6 +93,7 @@ class Bridge:
 
     log = Logger()
     limits: Limits
+    breakers: Breakers
 
     def __init__(self, config: Config, *, providers: Mapping[str, ProviderEntry],
                  extractors: Sequence[Any], resolvers: Sequence[Any], detectors: Sequence[Any],
@@ -120,6 +126,9 @@ class Bridge:
         for entry in by_prefix.values():
             _ = entry.passthrough  # parsed now: a bad rule fails the reload, not a request
         limits = self.limits if old is not None and old.limits == config.limits else Limits(config.limits, self.clock)
+        prices = table_for(config)
+        breakers = self.breakers if old is not None and old.breaker == config.breaker else Breakers(
+            config.breaker, self.clock, self._breaker_changed)
         self.config = config
         self.providers = by_prefix
         self.extractors = tuple(extractors)
@@ -128,6 +137,13 @@ class Bridge:
         self.timeout = config.upstream.timeout
         self._bridge_headers = tuple(config.auth.coder_token_headers)
         self.limits = limits
+        self.prices = prices
+        self.breakers = breakers
+        self.retries = Retries(config.retries, self.clock)
+        for name in providers:
+            breaker = breakers.get(name)
+            if breaker is not None:
+                self.metrics.breaker_state.labels(name).set(STATES[breaker.state])
 
     # -- the straight line -----------------------------------------------------------
 
@@ -264,8 +280,17 @@ class Bridge:
         query = drop_token_from_query(request.uri.partition(b"?")[2], credential.token)
         url = entry.provider.upstream_url(entry.config.base_url, ex.subpath, query)
         body = ex.body if (ex.body or request.method in _METHODS_WITH_BODY) else None
+        ex.outbound = (request.method, url, headers, body)
+        self._send(ex)
+
+    def _send(self, ex: Exchange) -> None:
+        """Send the request upstream (again, for a retry), if the provider's breaker lets it through."""
+        breaker = self.breakers.get(ex.entry.name)
+        if breaker is not None:
+            ex.ticket = (breaker, breaker.admit())
+        ex.attempts += 1
         ex.forwarded_at = self.clock.seconds()
-        ex.pending = self.upstream.request(request.method, url, headers, body)
+        ex.pending = self.upstream.request(*ex.outbound)
         ex.timer = self.clock.callLater(self.timeout, self._headers_timeout, ex)
         ex.pending.addCallbacks(self._respond, self._upstream_failed,
                                 callbackArgs=(ex,), errbackArgs=(ex,))
@@ -286,9 +311,16 @@ class Bridge:
         request, provider = ex.request, ex.entry.provider
         ex.upstream_status = response.code
         self.metrics.upstream_latency.labels(ex.entry.name).observe(self.clock.seconds() - ex.forwarded_at)
+        # A 429 answered to a client's own key (BYOK) is that client's limit, not the provider's health.
+        self._judge(ex, response.code < 500 and (response.code != 429 or ex.credential_kind != "centralized"))
         if ex.client_gone:
             response.deliverBody(Discard())
             self._record(ex, status="client_disconnected", error="client disconnected before the answer")
+            return
+        wait = None if ex.shutdown else self.retries.after_answer(ex.attempts, response.code, response.headers)
+        if wait is not None:  # nothing was relayed yet: the client sees only the answer to the retry
+            response.deliverBody(Discard())
+            self._retry(ex, wait, str(response.code))
             return
         content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
         stream = content_type.startswith(b"text/event-stream")
@@ -364,11 +396,60 @@ class Bridge:
             error = usage.error
         self._record(ex, status=outcome if outcome != COMPLETE else "ok", error=error, usage=usage)
 
+    # -- retries and the breaker ----------------------------------------------------
+
+    def _judge(self, ex: Exchange, healthy: Optional[bool]) -> None:
+        """Tell the provider's breaker how the last send went (L{None}: it cannot tell)."""
+        if ex.ticket is None:
+            return
+        (breaker, ticket), ex.ticket = ex.ticket, None
+        if healthy is None:
+            breaker.released(ticket)
+        elif healthy:
+            breaker.succeeded(ticket)
+        else:
+            breaker.failed(ticket)
+
+    def _retry(self, ex: Exchange, wait: float, reason: str) -> None:
+        """Send the request again after C{wait} seconds (the client is still waiting for its first byte)."""
+        provider = ex.entry.name
+        self.metrics.retries.labels(provider, reason).inc()
+        self.log.info("Retrying {id} at {provider} in {wait:.2f} s (attempt {attempt} got {reason})",
+                      id=ex.id, provider=provider, wait=wait, attempt=ex.attempts, reason=reason)
+        ex.upstream_status = None
+        ex.pending = deferLater(self.clock, wait, lambda: None)
+        ex.pending.addCallbacks(self._resend, self._upstream_failed, callbackArgs=(ex,), errbackArgs=(ex,))
+
+    def _resend(self, _: Any, ex: Exchange) -> None:
+        ex.pending = None
+        try:
+            self._send(ex)
+        except BridgeError as error:
+            self._refuse(ex, error)
+        except Exception:
+            self._crash(ex, Failure())
+
+    def _breaker_changed(self, provider: str, old: str, new: str) -> None:
+        self.metrics.breaker_state.labels(provider).set(STATES[new])
+        self.metrics.breaker_changes.labels(provider, new).inc()
+        if new == "open":
+            self.log.warn("Circuit breaker of {provider} opened (was {old}): requests get 503 for {seconds:g} s",
+                          provider=provider, old=old, seconds=self.config.breaker.open_seconds)
+        else:
+            self.log.info("Circuit breaker of {provider} is {new} (was {old})", provider=provider, new=new, old=old)
+
     # -- the ways out --------------------------------------------------------------
 
     def _upstream_failed(self, failure: Failure, ex: Exchange) -> None:
         ex.pending = None
         ex.cancel_timer()
+        stopped = ex.client_gone or ex.shutdown
+        self._judge(ex, None if stopped or failure.check(BridgeError) else False)
+        if not stopped and not ex.timed_out:
+            wait = self.retries.after_failure(ex.attempts, failure)
+            if wait is not None:
+                self._retry(ex, wait, "connect")
+                return
         if ex.client_gone:
             self._record(ex, status="client_disconnected", error="client disconnected before the answer")
             return
@@ -434,7 +515,8 @@ class Bridge:
             http_status = request.code
         record = records.interception(ex, ended_at=self.clock.seconds(), status=status, error=error, usage=usage,
                                       http_status=http_status,
-                                      max_prompt_chars=self.config.recording.max_prompt_chars)
+                                      max_prompt_chars=self.config.recording.max_prompt_chars,
+                                      prices=self.prices)
         self.metrics.interception(record)
         self.recorder.record(record)
         if self.config.log_interceptions:

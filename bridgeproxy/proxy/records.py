@@ -6,7 +6,7 @@ masking of the secrets it knows out of any text it records.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from bridgeproxy.proxy.exchange import Exchange
 from bridgeproxy.types import Interception, Usage, mask_secret
@@ -33,13 +33,16 @@ def scrub(text: str, ex: Exchange) -> str:
 
 
 def interception(ex: Exchange, *, ended_at: float, status: str, error: Optional[str],
-                 usage: Optional[Usage], http_status: Optional[int], max_prompt_chars: int) -> Interception:
+                 usage: Optional[Usage], http_status: Optional[int], max_prompt_chars: int,
+                 prices: Any = None) -> Interception:
     """
     The record of C{ex}.
 
     @param status: how it ended; a stream whose parser did not see its end
         is C{incomplete} even when the relay ended cleanly.
     @param http_status: the status the client got, if it got one.
+    @param prices: the L{bridgeproxy.prices.PriceTable} that prices C{usage}
+        (no cost without one, or without usage).
     """
     initiator = ex.initiator
     parsed = ex.parsed or {}
@@ -53,11 +56,13 @@ def interception(ex: Exchange, *, ended_at: float, status: str, error: Optional[
         parsed.get("model") if isinstance(parsed.get("model"), str) else None)
     request = ex.request
     user_agent = request.requestHeaders.getRawHeaders(b"user-agent")
+    provider_name = ex.entry.name if ex.entry is not None else "unknown"
+    cost = prices.cost(provider_name, model, usage) if prices is not None and usage is not None else None
     return Interception(
         id=ex.id,
         started_at=ex.started,
         ended_at=ended_at,
-        provider=ex.entry.name if ex.entry is not None else "unknown",
+        provider=provider_name,
         route=ex.route or scrub(printable(ex.subpath), ex),
         intercepted=bool(ex.route),
         method=request.method.decode("latin-1", "replace"),
@@ -85,4 +90,6 @@ def interception(ex: Exchange, *, ended_at: float, status: str, error: Optional[
         # the parser could not read (an HTML error page) is what it is.
         status="incomplete" if (status == "ok" and ex.streamed and usage is not None and not usage.complete)
         else status,
+        cost_micros=cost,
+        attempts=ex.attempts,
     )

@@ -21,7 +21,7 @@ from bridgeproxy.store.schema import INTERCEPTION_COLUMNS, LATEST, MIGRATIONS
 from bridgeproxy.types import Identity, Interception, mask_secret, record_row, row_dict
 
 TOKEN_PREFIX = "bp_"
-#: Rows per INSERT statement (29 columns each; SQLite allows 32766 parameters).
+#: Rows per INSERT statement (31 columns each; SQLite allows 32766 parameters).
 _ROWS_PER_STATEMENT = 250
 
 
@@ -282,20 +282,36 @@ class Database:
 
     def usage(self, *, by: str = "initiator", initiator: Optional[str] = None,
               client: Optional[str] = None, since: Optional[float] = None) -> list[dict[str, Any]]:
-        """Token totals grouped by initiator, client or model."""
-        column = {"initiator": "COALESCE(initiator_username, initiator_id)",
-                  "client": "client", "model": "model"}.get(by)
-        if column is None:
-            raise StoreError("usage can be grouped by initiator, client or model")
+        """
+        Request counts, token totals and cost grouped by C{by}: one of
+        C{initiator}, C{client}, C{model} and C{day} (UTC), or several joined
+        by commas (C{"initiator,day"}).  C{cost_micros} sums the priced
+        requests; C{unpriced_requests} counts those with tokens but no price.
+        """
+        groups = by_columns(by)
+        columns = [self._group_column(name) for name in groups]
         where, params = self._filters(initiator, client, since)
+        keys = ", ".join(f"{column} AS k{i}" for i, column in enumerate(columns))
+        order = "".join(f"k{i} DESC, " for i, name in enumerate(groups) if name == "day")
         rows = self.execute(
-            f"SELECT {column} AS k, COUNT(*), SUM(input_tokens), SUM(output_tokens), "
-            f"SUM(cache_read_tokens), SUM(cache_write_tokens) FROM interceptions{where} "
-            f"GROUP BY {column} ORDER BY 2 DESC",
+            f"SELECT {keys}, COUNT(*), SUM(input_tokens), SUM(output_tokens), "
+            f"SUM(cache_read_tokens), SUM(cache_write_tokens), SUM(cost_micros), "
+            f"SUM(CASE WHEN cost_micros IS NULL AND input_tokens + output_tokens + cache_read_tokens "
+            f"+ cache_write_tokens > 0 THEN 1 ELSE 0 END) FROM interceptions{where} "
+            f"GROUP BY {', '.join(columns)} ORDER BY {order}{len(columns) + 1} DESC",
             params,
         )
-        names = (by, "requests", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
-        return [dict(zip(names, (r[0], *(int(v or 0) for v in r[1:])))) for r in rows]
+        names = (*groups, "requests", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                 "cost_micros", "unpriced_requests")
+        n = len(groups)
+        return [dict(zip(names, (*r[:n], *(int(v or 0) for v in r[n:])))) for r in rows]
+
+    def _group_column(self, name: str) -> str:
+        if name == "day":
+            if self.dialect == "postgresql":
+                return "to_char(to_timestamp(started_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+            return "strftime('%Y-%m-%d', started_at, 'unixepoch')"
+        return _GROUPS[name]
 
     def prune(self, before: float) -> int:
         """Delete interceptions that started before C{before}; return how many."""
@@ -316,6 +332,24 @@ class Database:
             clauses.append("started_at >= ?")
             params.append(since)
         return ((" WHERE " + " AND ".join(clauses)) if clauses else ""), tuple(params)
+
+
+#: What usage can be grouped by, and the column of each (C{day} depends on the dialect).
+_GROUPS = {"initiator": "COALESCE(initiator_username, initiator_id)", "client": "client", "model": "model",
+           "day": ""}
+
+
+def by_columns(by: str) -> tuple[str, ...]:
+    """
+    The groups C{by} names (C{"initiator,day"} -> C{("initiator", "day")}).
+
+    @raise StoreError: when it names something usage cannot be grouped by,
+        or the same thing twice.
+    """
+    groups = tuple(name.strip() for name in by.split(","))
+    if not groups or any(name not in _GROUPS for name in groups) or len(set(groups)) != len(groups):
+        raise StoreError("usage can be grouped by initiator, client, model or day (or several, comma-separated)")
+    return groups
 
 
 def interception_row(r: Interception) -> tuple:

@@ -65,6 +65,14 @@ MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE interceptions ADD COLUMN http_status INTEGER",
     ],
+    # 3: what a request cost (micro-units; NULL when its model has no price)
+    [
+        "ALTER TABLE interceptions ADD COLUMN cost_micros BIGINT",
+    ],
+    # 4: how many times a request was sent upstream (retries)
+    [
+        "ALTER TABLE interceptions ADD COLUMN attempts INTEGER",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)
