@@ -132,6 +132,9 @@ class Bridge:
         answers the request, one way or another.
         """
         ex = Exchange(request=request, started=self.clock.seconds(), subpath=subpath)
+        request_id = getattr(request, "request_id", None)
+        if request_id is not None:  # given by the AI proxy, whose log line says it too
+            ex.id = request_id
         ex.entry = self.providers.get(provider) if provider is not None else None
         self.in_flight.add(ex)
         # From the start: a client may leave while its key is being checked.

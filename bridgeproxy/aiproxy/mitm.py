@@ -1,0 +1,113 @@
+# -*- test-case-name: tests.test_aiproxy_e2e -*-
+"""
+A decrypted tunnel: the requests inside it are the bridge's own.
+
+Once the proxy has answered a C{CONNECT} to an allow-listed host, the
+tunnel's bytes go through TLS (the host's leaf) into an L{HTTPChannel} of
+the bridge, whose requests are L{TunnelRequest}s: each carries the bridge
+key the C{CONNECT} authenticated with in C{X-Coder-Token} and reaches
+L{Bridge.handle} for the host's provider, exactly as a direct request to
+C{/PROVIDER/...} would.  The client's own C{Authorization} / C{X-Api-Key}
+is left alone, so the bring-your-own-key rules apply unchanged.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from bridgeproxy.proxy.records import printable
+from bridgeproxy.types import mask_secret
+
+log = Logger(namespace="bridgeproxy.aiproxy")
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """
+    What a decrypted tunnel's requests share: who opened it and where to.
+
+    @ivar provider: the provider's name (its URL prefix) the host maps to.
+    @ivar token: the bridge key of the C{CONNECT}; never log it.
+    @ivar host: the host the client asked for.
+    @ivar username: whose key it is (for the log line).
+    @ivar bridge: the L{bridgeproxy.proxy.pipeline.Bridge}.
+    """
+
+    provider: bytes
+    token: str
+    host: str
+    username: str
+    bridge: Any
+
+    def finished(self, result: Any, request: Any) -> None:
+        """The proxy's log line of one decrypted request; its id is its interception's."""
+        path = printable(request.path)
+        if self.token in path:
+            path = path.replace(self.token, mask_secret(self.token))
+        outcome = request.code if result is None else "client disconnected"
+        log.info("aiproxy request {id} {method} https://{host}{path} user={user} -> {outcome}",
+                 id=request.request_id, method=request.method.decode("latin-1", "replace"), host=self.host,
+                 path=path, user=self.username, outcome=outcome)
+
+
+class TunnelRequest:
+    """
+    Mixed into the bridge's request class: a request read inside a
+    decrypted tunnel (the channel's C{tunnel}, a L{Tunnel}).
+
+    @ivar request_id: the id its interception and the proxy's log line share.
+    """
+
+    request_id: Optional[str] = None
+    channel: Any
+    requestHeaders: Any
+
+    def process(self) -> None:
+        tunnel: Tunnel = self.channel.tunnel
+        self.request_id = str(uuid.uuid4())
+        # The CONNECT's key, in the first header the coder-token extractor
+        # reads, whatever the client put there itself (set replaces).
+        name = tunnel.bridge.config.auth.coder_token_headers[0]
+        self.requestHeaders.setRawHeaders(name, [tunnel.token.encode("ascii")])
+        self.notifyFinish().addBoth(tunnel.finished, self)  # type: ignore[attr-defined]
+        super().process()  # type: ignore[misc]
+
+
+class TunnelResource(Resource):
+    """The root of a decrypted tunnel: every path is the tunnel's provider's."""
+
+    isLeaf = True
+
+    def __init__(self, bridge: Any):
+        super().__init__()
+        self.bridge = bridge
+
+    def render(self, request: Any) -> Any:
+        self.bridge.handle(request, request.channel.tunnel.provider, request.path)
+        return NOT_DONE_YET
+
+
+def tunnel_channel(site: Any, log_site: Any, tunnel: Tunnel, reactor: Any) -> HTTPChannel:
+    """
+    An HTTP/1.1 channel serving the decrypted tunnel's requests with C{site}
+    (a L{TunnelResource} and L{TunnelRequest}s), logged like the bridge's
+    own requests (C{log_site}: its access log, its idle timeout).
+    """
+    channel = HTTPChannel()
+    channel.site = site  # type: ignore[attr-defined]
+    channel.factory = log_site  # type: ignore[assignment]
+    channel.requestFactory = site.requestFactory
+    channel.timeOut = log_site.timeOut
+    channel.callLater = reactor.callLater  # type: ignore[method-assign]
+    channel.tunnel = tunnel  # type: ignore[attr-defined]
+    return channel
+
+
+__all__ = ["Tunnel", "TunnelRequest", "TunnelResource", "tunnel_channel"]
