@@ -117,7 +117,9 @@ def test_openai_sdk_through_the_proxy_blocking_and_streamed(proxied):
     assert (rows[1]["input_tokens"], rows[1]["output_tokens"]) == (11, 2)
     log = proxied.log.text()
     for row in rows:
-        assert f"aiproxy request {row['id']} POST https://{OPENAI_HOST}/v1/chat/completions user=alice -> 200" in log
+        assert (f"interception {row['id']} via aiproxy POST https://{OPENAI_HOST}/v1/chat/completions "
+                f"tunnel_user=alice initiator=alice client=Unknown provider=openai route=chat.completions") in log
+        assert log.count(f"interception {row['id']}") == 1  # the proxy's line instead of the bridge's, not both
     assert_no_secrets(log, token, fakes.OPENAI_KEY)
 
 
@@ -356,6 +358,7 @@ def test_client_leaving_mid_stream_cancels_the_upstream(proxied):
     row = proxied.bridge.rows()[0]
     assert row["status"] == "client_disconnected"
     assert row["input_tokens"] == 25
+    assert f"interception {row['id']} via aiproxy POST https://{ANTHROPIC_HOST}/v1/messages" in proxied.log.text()
 
 
 @pytest_twisted.inlineCallbacks

@@ -13,9 +13,8 @@ is left alone, so the bring-your-own-key rules apply unchanged.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
@@ -36,7 +35,7 @@ class Tunnel:
     @ivar provider: the provider's name (its URL prefix) the host maps to.
     @ivar token: the bridge key of the C{CONNECT}; never log it.
     @ivar host: the host the client asked for.
-    @ivar username: whose key it is (for the log line).
+    @ivar username: whose key it is (for the log lines).
     @ivar bridge: the L{bridgeproxy.proxy.pipeline.Bridge}.
     """
 
@@ -46,38 +45,48 @@ class Tunnel:
     username: str
     bridge: Any
 
-    def finished(self, result: Any, request: Any) -> None:
-        """The proxy's log line of one decrypted request; its id is its interception's."""
-        path = printable(request.path)
-        if self.token in path:
-            path = path.replace(self.token, mask_secret(self.token))
-        outcome = request.code if result is None else "client disconnected"
-        log.info("aiproxy request {id} {method} https://{host}{path} user={user} -> {outcome}",
-                 id=request.request_id, method=request.method.decode("latin-1", "replace"), host=self.host,
-                 path=path, user=self.username, outcome=outcome)
-
 
 class TunnelRequest:
     """
     Mixed into the bridge's request class: a request read inside a
     decrypted tunnel (the channel's C{tunnel}, a L{Tunnel}).
-
-    @ivar request_id: the id its interception and the proxy's log line share.
     """
 
-    request_id: Optional[str] = None
+    #: Kept from the channel, which a request loses when its client leaves.
+    tunnel: Tunnel
     channel: Any
     requestHeaders: Any
+    path: bytes
+    method: bytes
 
     def process(self) -> None:
-        tunnel: Tunnel = self.channel.tunnel
-        self.request_id = str(uuid.uuid4())
+        tunnel = self.tunnel = self.channel.tunnel
         # The CONNECT's key, in the first header the coder-token extractor
         # reads, whatever the client put there itself (set replaces).
         name = tunnel.bridge.config.auth.coder_token_headers[0]
         self.requestHeaders.setRawHeaders(name, [tunnel.token.encode("ascii")])
-        self.notifyFinish().addBoth(tunnel.finished, self)  # type: ignore[attr-defined]
         super().process()  # type: ignore[misc]
+
+    def log_interception(self, record: Any) -> None:
+        """
+        The proxy's log line of one decrypted request, in place of the
+        bridge's C{interception} line (the pipeline calls it when it would
+        log that one): the same facts under the same id, and the tunnel's.
+        """
+        tunnel = self.tunnel
+        path = printable(self.path)
+        if tunnel.token in path:
+            path = path.replace(tunnel.token, mask_secret(tunnel.token))
+        log.info(
+            "interception {id} via aiproxy {method} https://{host}{path} tunnel_user={tunnel_user} "
+            "initiator={initiator} client={client} provider={provider} route={route} model={model} status={status} "
+            "http_status={http_status} upstream_status={upstream_status} tokens_in={tokens_in} "
+            "tokens_out={tokens_out} duration_ms={duration_ms}",
+            id=record.id, method=self.method.decode("latin-1", "replace"), host=tunnel.host, path=path,
+            tunnel_user=tunnel.username, initiator=record.initiator_username or record.initiator_id,
+            client=record.client, provider=record.provider, route=record.route, model=record.model,
+            status=record.status, http_status=record.http_status, upstream_status=record.upstream_status,
+            tokens_in=record.input_tokens, tokens_out=record.output_tokens, duration_ms=record.duration_ms)
 
 
 class TunnelResource(Resource):

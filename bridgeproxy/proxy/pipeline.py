@@ -132,9 +132,6 @@ class Bridge:
         answers the request, one way or another.
         """
         ex = Exchange(request=request, started=self.clock.seconds(), subpath=subpath)
-        request_id = getattr(request, "request_id", None)
-        if request_id is not None:  # given by the AI proxy, whose log line says it too
-            ex.id = request_id
         ex.entry = self.providers.get(provider) if provider is not None else None
         self.in_flight.add(ex)
         # From the start: a client may leave while its key is being checked.
@@ -435,7 +432,9 @@ class Bridge:
         self.metrics.interception(record)
         self.recorder.record(record)
         if self.config.log_interceptions:
-            self._log_line(record)
+            # A request that came through the AI proxy has the proxy's line instead: the same facts, and where from.
+            log_line = getattr(request, "log_interception", None)
+            (log_line if log_line is not None else self._log_line)(record)
         self._close(ex)
 
     def _log_line(self, record: Interception) -> None:
