@@ -111,9 +111,12 @@ def connect_tunnel(port: int, target: str, key: Optional[str], timeout: float = 
 
 
 def tls_client(sock: socket.socket, host: str, ca_path: str) -> stdlib_ssl.SSLSocket:
-    """C{sock} with TLS for C{host}, trusting only C{ca_path}."""
+    """
+    C{sock} with TLS for C{host}, trusting only C{ca_path}; an end of the
+    connection without TLS's own close (close_notify) is an error, not an end.
+    """
     context = stdlib_ssl.create_default_context(cafile=ca_path)
-    return context.wrap_socket(sock, server_hostname=host)
+    return context.wrap_socket(sock, server_hostname=host, suppress_ragged_eofs=False)
 
 
 class _Echo(Protocol):

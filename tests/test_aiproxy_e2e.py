@@ -11,13 +11,15 @@ import shutil
 import socket
 import ssl
 import subprocess
+from dataclasses import replace
 
 import anthropic
 import openai
 import pytest
 import pytest_twisted
 from cryptography import x509
-from twisted.internet import reactor, threads
+from twisted.internet import defer, reactor, threads
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
@@ -339,7 +341,6 @@ def test_tunnel_passes_a_half_close_on(tmp_path, captured_log):
 def test_client_leaving_mid_stream_cancels_the_upstream(proxied):
     """A client that stops reading a stream and closes its tunnel cancels the upstream request, as directly."""
     token = proxied.bridge.create_key("alice")
-    from twisted.internet import defer
     gate = defer.Deferred()
     proxied.bridge.upstream.handler = fakes.sse_answer(ANTHROPIC_EVENTS, gate=gate, gate_after=1)
     client = anthropic_client(proxied, token, token)
@@ -420,7 +421,6 @@ def test_a_tls_listener_for_the_proxy_itself(proxied, tmp_path):
     """The proxy on an ssl: endpoint: curl's TLS to the proxy, and the provider's TLS inside it."""
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
-    from twisted.internet.endpoints import serverFromString
     (tmp_path / "listener").mkdir()
     test_ca, issue = make_ca(tmp_path / "listener")
     cert, key = issue("localhost")
@@ -438,3 +438,42 @@ def test_a_tls_listener_for_the_proxy_itself(proxied, tmp_path):
         assert proxied.bridge.upstream.requests[0].header("authorization") == f"Bearer {fakes.OPENAI_KEY}"
     finally:
         yield port.stopListening()
+
+
+class _SaysThenStops(Protocol):
+    """Sends a line, then half-closes: it will send no more."""
+
+    def connectionMade(self):
+        self.transport.write(b"all I have to say\n")
+        self.transport.loseWriteConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_tunnel_through_a_tls_listener_ends_cleanly(proxied, tmp_path):
+    """
+    A target's half-close, on a tunnel through the proxy's TLS listener: the
+    client gets every byte, then a clean end of its TLS (TLS cannot half-close).
+    """
+    (tmp_path / "listener").mkdir()
+    test_ca, issue = make_ca(tmp_path / "listener")
+    cert, key = issue("localhost")
+    target = reactor.listenTCP(0, Factory.forProtocol(_SaysThenStops), interface="127.0.0.1")
+    app = proxied.bridge.app  # as a reload would: the next CONNECT follows the new settings
+    app.config = replace(app.config, aiproxy=replace(app.config.aiproxy, allowed_private_cidrs=("127.0.0.1/32",),
+                                                     allowed_ports=(target.getHost().port,)))
+    port = yield serverFromString(
+        reactor, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}").listen(proxied.proxy)
+    try:
+        token = proxied.bridge.create_key("alice")
+
+        def exchange():
+            raw = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+            sock = tls_client(raw, "localhost", str(test_ca))
+            sock.sendall(f"CONNECT 127.0.0.1:{target.getHost().port} HTTP/1.1\r\n"
+                         f"Proxy-Authorization: {aiproxies.basic(token)}\r\n\r\n".encode())
+            return _read_exactly(sock, 1 << 20)  # until the end; an unclean end raises
+        got = yield threads.deferToThread(exchange)
+        assert got == b"HTTP/1.1 200 Connection established\r\n\r\nall I have to say\n"
+    finally:
+        yield port.stopListening()
+        yield target.stopListening()

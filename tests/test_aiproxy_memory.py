@@ -334,3 +334,12 @@ def test_a_client_leaving_during_the_upstream_proxys_answer_closes_that_connecti
     client.connectionLost(None)
     assert target_transport.disconnecting
     assert client_transport.value() == b""
+
+
+def test_the_guard_applies_before_the_upstream_proxy_too(tmp_path):
+    """With upstream_proxy, an internal target is still refused here: the upstream proxy never hears of it."""
+    proxied = memory_proxy(tmp_path, aiproxy={"upstream_proxy": "http://proxy.corp.test:3128"},
+                           resolver=TableResolver({"intranet.test": ["10.0.0.8"]}))
+    _, transport = proxied.connect_request("intranet.test:443")
+    assert refused(transport).status == 403
+    assert proxied.reactor.tcpClients == []

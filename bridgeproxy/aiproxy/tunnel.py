@@ -55,6 +55,11 @@ class Splice:
         other = self.transports[1 - side]
         # It produced for the other's writes; it has nothing more to produce.
         other.unregisterProducer()
+        if getattr(type(other), "loseWriteConnection", None) is None:
+            # A TLS listener's connection cannot half-close (its TLS would end
+            # without close_notify): it ends, once it has written what it holds.
+            self.lost(side)
+            return
         other.loseWriteConnection()
         self._close_when_done()
 
