@@ -477,3 +477,23 @@ def test_a_tunnel_through_a_tls_listener_ends_cleanly(proxied, tmp_path):
     finally:
         yield port.stopListening()
         yield target.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_client_that_does_not_trust_the_ca_fails_its_handshake_and_the_log_says_why(proxied):
+    """A client without the proxy's CA refuses the leaf; nothing reaches the provider; the log names the host."""
+    token = proxied.bridge.create_key("alice")
+
+    def handshake():
+        sock, head = connect_tunnel(proxied.port, f"{OPENAI_HOST}:443", token)
+        try:
+            ssl.create_default_context().wrap_socket(sock, server_hostname=OPENAI_HOST)
+        except ssl.SSLCertVerificationError as e:
+            return e.verify_message
+        finally:
+            sock.close()
+    message = yield threads.deferToThread(handshake)
+    assert message == "unable to get local issuer certificate"
+    yield until(lambda: "aiproxy: TLS with the client for api.openai.com failed" in proxied.log.text())
+    assert "does the client trust the proxy's CA?" in proxied.log.text()
+    assert proxied.bridge.upstream.requests == []

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
@@ -103,20 +104,38 @@ class TunnelResource(Resource):
         return NOT_DONE_YET
 
 
-def tunnel_channel(site: Any, log_site: Any, tunnel: Tunnel, reactor: Any) -> HTTPChannel:
+class TunnelChannel(HTTPChannel):
+    """The bridge's HTTP channel inside a decrypted tunnel (its C{tunnel}, a L{Tunnel})."""
+
+    tunnel: Tunnel
+    _decrypted = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self._decrypted = True  # only what TLS decrypted gets here
+        super().dataReceived(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self._decrypted and reason is not None and reason.check(SSL.Error):
+            # The usual cause: the client does not trust the proxy's CA.
+            log.info("aiproxy: TLS with the client for {host} failed, before any request (does the client trust "
+                     "the proxy's CA?): {reason}", host=self.tunnel.host, reason=reason.getErrorMessage()[:300])
+        super().connectionLost(reason)
+
+
+def tunnel_channel(site: Any, log_site: Any, tunnel: Tunnel, reactor: Any) -> TunnelChannel:
     """
     An HTTP/1.1 channel serving the decrypted tunnel's requests with C{site}
     (a L{TunnelResource} and L{TunnelRequest}s), logged like the bridge's
     own requests (C{log_site}: its access log, its idle timeout).
     """
-    channel = HTTPChannel()
+    channel = TunnelChannel()
     channel.site = site  # type: ignore[attr-defined]
     channel.factory = log_site  # type: ignore[assignment]
     channel.requestFactory = site.requestFactory
     channel.timeOut = log_site.timeOut
     channel.callLater = reactor.callLater  # type: ignore[method-assign]
-    channel.tunnel = tunnel  # type: ignore[attr-defined]
+    channel.tunnel = tunnel
     return channel
 
 
-__all__ = ["Tunnel", "TunnelRequest", "TunnelResource", "tunnel_channel"]
+__all__ = ["Tunnel", "TunnelChannel", "TunnelRequest", "TunnelResource", "tunnel_channel"]
