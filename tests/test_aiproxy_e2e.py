@@ -8,6 +8,7 @@ bytes unchanged; refusals come before any TLS.
 import hashlib
 import json
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -24,7 +25,9 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
-from tests import aiproxies, fakes
+from bridgeproxy.aiproxy import create_ca
+from bridgeproxy.store import Database
+from tests import aiproxies, fakes, procs
 from tests.aiproxies import ANTHROPIC_HOST, OPENAI_HOST, TableResolver, connect_tunnel, start_proxy, tls_client
 from tests.certs import make_ca
 from tests.conftest import assert_no_secrets
@@ -497,3 +500,39 @@ def test_a_client_that_does_not_trust_the_ca_fails_its_handshake_and_the_log_say
     yield until(lambda: "aiproxy: TLS with the client for api.openai.com failed" in proxied.log.text())
     assert "does the client trust the proxy's CA?" in proxied.log.text()
     assert proxied.bridge.upstream.requests == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_twistd_serves_the_ai_proxy_beside_the_bridge(tmp_path):
+    """
+    `twistd -n bridgeproxy` with [aiproxy] listen: the OpenAI SDK gets through
+    the proxy port to the provider, the request is recorded, and the start
+    and the request are logged without the key.
+    """
+    ca_cert, ca_key = create_ca(str(tmp_path / "ca"))
+    proxy_port = procs.free_port()
+    port, up_port, upstream, config, token = procs.start_upstream_and_key(tmp_path, provider_like)
+    with open(config, "a") as f:
+        f.write(f'[aiproxy]\nlisten = "tcp:{proxy_port}:interface=127.0.0.1"\n'
+                f'ca_cert = "{ca_cert}"\nca_key = "{ca_key}"\n')
+    log_path = tmp_path / "twistd.log"
+    proc = procs.spawn_twistd(config, ["--logfile", str(log_path), "bridgeproxy", "--config", config])
+    try:
+        yield threads.deferToThread(procs.wait_for_port, proxy_port, proc)
+        running = aiproxies.ProxyRunning(bridge=None, proxy=None, port=proxy_port, ca_path=ca_cert)
+        client = openai_client(running, token, token)
+        result = yield threads.deferToThread(client.chat.completions.create, model="gpt-4o",
+                                             messages=[{"role": "user", "content": "hi"}])
+        assert result.model == CHAT_JSON["model"]
+        assert upstream.requests[0].header("authorization") == f"Bearer {fakes.OPENAI_KEY}"
+        log_text = yield threads.deferToThread(procs.wait_for_log, log_path, "via aiproxy POST", proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = yield threads.deferToThread(proc.wait, 30)
+        yield up_port.stopListening()
+    assert code in (0, -signal.SIGTERM)
+    assert f"AI proxy listening on tcp:{proxy_port}:interface=127.0.0.1; decrypting api.openai.com (openai)" in log_text
+    assert "aiproxy CONNECT api.openai.com:443 user=alice: mitm" in log_text
+    assert token not in log_text and fakes.OPENAI_KEY not in log_text
+    rows = Database(f"sqlite:{tmp_path / 'bridge.db'}").interceptions()
+    assert [(r["initiator_username"], r["route"]) for r in rows] == [("alice", "chat.completions")]
