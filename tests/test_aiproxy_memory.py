@@ -343,3 +343,11 @@ def test_the_guard_applies_before_the_upstream_proxy_too(tmp_path):
     _, transport = proxied.connect_request("intranet.test:443")
     assert refused(transport).status == 403
     assert proxied.reactor.tcpClients == []
+
+
+def test_a_host_name_that_starts_with_a_digit_is_resolved_like_any_other(tmp_path):
+    """1password.com is a name, not an address: it is resolved, checked, and dialled at its address."""
+    proxied = memory_proxy(tmp_path, resolver=TableResolver({"1password.com": [PUBLIC]}))
+    proxied.connect_request("1password.com:443")
+    assert proxied.resolver.asked == ["1password.com"]
+    assert [c[:2] for c in proxied.reactor.tcpClients] == [(PUBLIC, 443)]

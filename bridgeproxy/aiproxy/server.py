@@ -22,6 +22,7 @@ not read meanwhile.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 from typing import Any, Optional
@@ -266,9 +267,9 @@ class ProxyConnection(Protocol):
     # -- a tunnel that is not decrypted -------------------------------------------------------
 
     def _resolve(self, host: str, port: int) -> None:
-        if host[0].isdigit() or ":" in host:  # an IP address: normal_host made it canonical
-            d = succeed([host])
-        else:
+        try:
+            d = succeed([str(ipaddress.ip_address(host))])  # an address already: nothing to resolve
+        except ValueError:
             d = maybeDeferred(self.proxy.resolver.resolve, host, port)
         self._pending = d
         d.addCallbacks(self._resolved, self._unresolved, callbackArgs=(host, port), errbackArgs=(host,))
