@@ -310,7 +310,8 @@ def ca_create(args: argparse.Namespace, out: Any) -> int:
 
 def _ca_days(value: str) -> int:
     if not re.fullmatch(r"\s*[0-9]+\s*", value) or not 1 <= int(value) <= MAX_EXPIRES_DAYS:
-        raise argparse.ArgumentTypeError(f"must be a whole number of days from 1 to {MAX_EXPIRES_DAYS}, got {value!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of days from 1 to {MAX_EXPIRES_DAYS}, got {value!r}")
     return int(value)
 
 

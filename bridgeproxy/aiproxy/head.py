@@ -27,7 +27,8 @@ MAX_TOKEN = 1024
 _METHOD = re.compile(rb"[A-Z]{1,20}")
 _VERSION = re.compile(rb"HTTP/1\.[01]")
 _FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_HOST_NAME = re.compile(r"(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*")
+_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
