@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_cli,tests.test_cli_commands,tests.test_coder -*-
 """
-The bridgeproxy command: keys, users, the database, and what was recorded.
+The bridgeproxy command: keys, users, the database, what was recorded, and
+the AI proxy's certificate authority.
 
 Exit statuses: 0 when the command did its work; 1 when it could not (the
 configuration file cannot be read or is invalid, the store cannot be
@@ -326,9 +327,33 @@ def _money(micros: int) -> str:
     return f"{micros // MICROS}.{micros % MICROS:06d}"
 
 
+def ca_create(args: argparse.Namespace, out: Any) -> int:
+    from bridgeproxy.aiproxy.ca import create_ca
+
+    try:
+        cert_path, key_path = create_ca(args.out, days=args.days)
+    except FileExistsError as e:
+        sys.stderr.write(f"bridgeproxy: ca create: {e}\n")
+        return 1
+    except OSError as e:
+        sys.stderr.write(f"bridgeproxy: ca create: cannot write into {args.out!r}: {e.strerror}\n")
+        return 1
+    out.write(f"{cert_path}\tthe CA certificate: clients trust it ([aiproxy] ca_cert)\n")
+    out.write(f"{key_path}\tits private key, mode 0600: only the proxy reads it ([aiproxy] ca_key)\n")
+    return 0
+
+
+def _ca_days(value: str) -> int:
+    if not re.fullmatch(r"\s*[0-9]+\s*", value) or not 1 <= int(value) <= MAX_EXPIRES_DAYS:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of days from 1 to {MAX_EXPIRES_DAYS}, got {value!r}")
+    return int(value)
+
+
 def parser() -> argparse.ArgumentParser:
     top = _Parser(prog="bridgeproxy", description=(
-        "Manage bridgeproxy's bridge keys, users and store, and read back what it recorded. "
+        "Manage bridgeproxy's bridge keys, users and store, read back what it recorded, and make the AI "
+        "proxy's CA. "
         "Exit status: 0 done, 1 failed (configuration, store, no such key or user), "
         "2 bad command line."))
     top.add_argument("--version", action="version", version=f"bridgeproxy {__version__}")
@@ -400,6 +425,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=_since, help="ISO 8601 date or time (UTC unless it says otherwise)")
     p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     p.set_defaults(run=usage)
+
+    ca = sub.add_parser("ca", help="the AI proxy's certificate authority",
+                        description="Make the CA the AI proxy signs its certificates with.")
+    ca_sub = ca.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = ca_sub.add_parser("create", parents=[common], help="write a new CA certificate and key into a directory",
+                          description="Write a new CA certificate (ca.pem) and its private key (ca-key.pem, "
+                                      "mode 0600) into DIR, made if missing. Existing files are never "
+                                      "overwritten. Clients of the AI proxy must trust ca.pem.")
+    p.add_argument("--out", required=True, metavar="DIR", help="the directory to write into")
+    p.add_argument("--days", type=_ca_days, default=3650, metavar="DAYS",
+                   help="how long the CA is valid (default 3650)")
+    p.set_defaults(run=ca_create)
     return top
 
 

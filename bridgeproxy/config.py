@@ -15,12 +15,14 @@ file, never from the file itself or the command line.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping, Optional
+from urllib.parse import urlsplit
 
 from bridgeproxy.errors import ConfigError
 from bridgeproxy.proxy.routing import PassthroughRule
@@ -33,6 +35,7 @@ DEFAULT_DATABASE = "sqlite:bridgeproxy.db"
 _KINDS: dict[str, str] = {
     "bool": "boolean", "int": "integer", "number": "number", "string": "string",
     "strings": "list of strings", "optional string": "string", "optional number": "number",
+    "integers": "list of integers", "table": "table of strings",
 }
 
 Check = Callable[[str, Any, str], Any]
@@ -278,6 +281,88 @@ class LimitsConfig:
         shown="`ceil(per_initiator_rps)`")
 
 
+#: The AI proxy's default domain allow-list: host -> the provider (its C{[providers]} name) it reaches.
+DEFAULT_AIPROXY_DOMAINS = {"api.openai.com": "openai", "api.anthropic.com": "anthropic"}
+_HOST_NAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def _domains(where: str, value: Mapping[str, str], base_dir: str) -> dict[str, str]:
+    domains = {}
+    for host, provider in value.items():
+        name = host.lower().rstrip(".")
+        if not _HOST_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: {host!r} is not a host name")
+        if not _PROVIDER_NAME.fullmatch(provider):
+            raise ConfigError(f"{where}.{host}: {provider!r} is not a provider's name")
+        domains[name] = provider
+    return domains
+
+
+def _ports(where: str, value: tuple[int, ...], base_dir: str) -> tuple[int, ...]:
+    for port in value:
+        if not 1 <= port <= 65535:
+            raise ConfigError(f"{where}: {port} is not a TCP port (1 to 65535)")
+    return value
+
+
+def _cidrs(where: str, value: tuple[str, ...], base_dir: str) -> tuple[str, ...]:
+    networks = []
+    for one in value:
+        try:
+            networks.append(str(ipaddress.ip_network(one, strict=False)))
+        except ValueError:
+            raise ConfigError(f"{where}: {one!r} is not an address range (CIDR, e.g. \"10.0.0.0/8\")") from None
+    return tuple(networks)
+
+
+def _proxy_url(where: str, value: Optional[str], base_dir: str) -> Optional[str]:
+    if value is None:
+        return None
+    try:
+        url = urlsplit(value)
+        port = url.port
+    except ValueError:
+        port = None
+        url = None
+    if url is None or url.scheme != "http" or not url.hostname or port is None or url.path not in ("", "/"):
+        raise ConfigError(f"{where} must be 'http://[user:password@]host:port'")
+    return value
+
+
+@dataclass(frozen=True)
+class AIProxyConfig:
+    """C{[aiproxy]}."""
+
+    listen: Optional[str] = setting(
+        None, "a Twisted server endpoint string for the AI proxy (`tcp:8888:interface=127.0.0.1`, or an `ssl:` "
+        "endpoint for a TLS connection to the proxy itself); the listen backlog is as for `listen`. Without it, "
+        "no AI proxy", kind="optional string", shown="— (off)")
+    ca_cert: Optional[str] = setting(
+        None, "the PEM certificate of the CA that signs the proxy's certificates for the allow-listed hosts "
+        "(`bridgeproxy ca create`); clients must trust it. Required with `listen`", kind="optional string",
+        check=_existing_file)
+    ca_key: Optional[str] = setting(
+        None, "the CA's private key (PEM, unencrypted; keep it mode 0600). Required with `listen`",
+        kind="optional string", check=_existing_file)
+    domains: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_AIPROXY_DOMAINS), metadata={
+        "doc": "the domain allow-list: `\"host\" = \"provider\"`, the provider being a `[providers.<name>]`; "
+               "`CONNECT`s to these hosts are decrypted and served by the bridge as requests to `/<provider>/…`, "
+               "anything else is tunnelled without being decrypted",
+        "kind": "table", "check": _domains, "type_name": "table of strings",
+        "shown": '`{"api.openai.com" = "openai", "api.anthropic.com" = "anthropic"}`'})
+    allowed_ports: tuple[int, ...] = setting(
+        (443,), "the ports a `CONNECT` may name, for every host; any other is refused with 403",
+        kind="integers", check=_ports, shown="`[443]`")
+    allowed_private_cidrs: tuple[str, ...] = setting(
+        (), "address ranges a tunnel may reach although they are private, loopback, link-local or reserved "
+        "(`[\"10.1.0.0/16\"]`); any other such address is refused with 403", check=_cidrs)
+    # repr=False: its password is a secret.
+    upstream_proxy: Optional[str] = field(default=None, repr=False, metadata=setting(
+        None, "an HTTP proxy (`http://[user:password@]host:port`) that tunnels which are not decrypted go through "
+        "(a `CONNECT` to the checked address); the decrypted requests go the bridge's way", kind="optional string",
+        check=_proxy_url).metadata)
+
+
 @dataclass(frozen=True)
 class BreakerConfig:
     """C{[breaker]}: a circuit breaker per provider."""
@@ -383,6 +468,7 @@ class Config:
     retries: RetriesConfig = RetriesConfig()
     #: C{"<provider>/<model>"} -> its price, over the shipped table (L{bridgeproxy.prices}).
     prices: Mapping[str, PriceConfig] = field(default_factory=dict)
+    aiproxy: AIProxyConfig = AIProxyConfig()
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     source_path: Optional[str] = None
 
@@ -392,6 +478,7 @@ SECTIONS: dict[str, type] = {
     "auth": AuthConfig, "initiator": InitiatorConfig, "clients": ClientsConfig,
     "upstream": UpstreamConfig, "recording": RecordingConfig, "limits": LimitsConfig,
     "breaker": BreakerConfig, "retries": RetriesConfig,
+    "aiproxy": AIProxyConfig,
 }
 
 
@@ -416,6 +503,15 @@ def _check_keys(table: str, data: Mapping[str, Any], allowed: set[str]) -> None:
 
 def _as(kind: str, where: str, value: Any) -> Any:
     """C{value} read as C{kind}, or a L{ConfigError} naming C{where}."""
+    if kind == "integers":
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{where} must be a list of integers")
+        return tuple(value)
+    if kind == "table":
+        if not isinstance(value, dict) or not all(
+                isinstance(k, str) and k.strip() and isinstance(v, str) and v.strip() for k, v in value.items()):
+            raise ConfigError(f"{where} must be a table of non-empty strings")
+        return {k.strip(): v.strip() for k, v in value.items()}
     if kind == "strings":
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
             raise ConfigError(f"{where} must be a list of non-empty strings")
@@ -544,7 +640,25 @@ def parse(data: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None,
         config = replace(config, database=_sqlite_beside(config.database, base_dir),
                          recording=replace(config.recording,
                                            spool_path=_beside(config.recording.spool_path, base_dir)))
+    _check_aiproxy(config)
     return config
+
+
+def _check_aiproxy(config: Config) -> None:
+    """An AI proxy that is switched on has what it needs."""
+    aiproxy = config.aiproxy
+    if not aiproxy.listen:
+        return
+    for name in ("ca_cert", "ca_key"):
+        if not getattr(aiproxy, name):
+            raise ConfigError(f"aiproxy.{name} is required with aiproxy.listen (bridgeproxy ca create makes one)")
+    for host, provider in aiproxy.domains.items():
+        if provider not in config.providers:
+            raise ConfigError(f"aiproxy.domains.{host}: no provider {provider!r} is configured "
+                              f"(configured: {', '.join(sorted(config.providers))})")
+    if "coder-token" not in config.auth.extractors:
+        raise ConfigError("aiproxy.listen needs the 'coder-token' extractor in auth.extractors: the AI proxy "
+                          "hands the bridge key over in X-Coder-Token")
 
 
 def load(path: str, environ: Optional[Mapping[str, str]] = None) -> Config:

@@ -56,6 +56,13 @@ class Metrics:
         self.queue_depth = Gauge("bridgeproxy_recording_queue_depth", "Records waiting for the store",
                                  registry=r)
         self.events = PCounter("bridgeproxy_events", "Other named events", ["name"], registry=r)
+        self.aiproxy_tunnels = Gauge("bridgeproxy_aiproxy_tunnels_open",
+                                     "AI proxy tunnels open, by kind (mitm: decrypted; tunnelled: passed through)",
+                                     ["kind"], registry=r)
+        self.aiproxy_connects = PCounter("bridgeproxy_aiproxy_connects", "AI proxy CONNECT requests, by outcome",
+                                         ["outcome"], registry=r)
+        self.aiproxy_leaf_certificates = PCounter("bridgeproxy_aiproxy_leaf_certificates",
+                                                  "Leaf certificates the AI proxy minted", registry=r)
         self._models: set[str] = set()
 
     def inc(self, name: str, amount: int = 1) -> None:

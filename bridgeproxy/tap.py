@@ -189,6 +189,7 @@ def build(config: Config, reactor: Any, *, agent: Any = None, store: Optional[As
 RESTART_ONLY = ("listen", "workers", "database", "metrics_listen")
 _RECORDING_RESTART_ONLY = ("enabled", "batch_size", "flush_interval", "queue_max", "spool_path", "retention_days")
 _UPSTREAM_RESTART_ONLY = ("connect_timeout", "max_connections_per_host", "idle_connection_seconds", "ca_file")
+_AIPROXY_RESTART_ONLY = ("listen", "ca_cert", "ca_key")
 
 
 def split_reload(running: Config, new: Config) -> tuple[Config, list[str]]:
@@ -202,10 +203,13 @@ def split_reload(running: Config, new: Config) -> tuple[Config, list[str]]:
                 if getattr(running.recording, name) != getattr(new.recording, name)]
     ignored += [f"upstream.{name}" for name in _UPSTREAM_RESTART_ONLY
                 if getattr(running.upstream, name) != getattr(new.upstream, name)]
+    ignored += [f"aiproxy.{name}" for name in _AIPROXY_RESTART_ONLY
+                if getattr(running.aiproxy, name) != getattr(new.aiproxy, name)]
     effective = replace(
         new, **{name: getattr(running, name) for name in RESTART_ONLY},
         recording=replace(new.recording, **{n: getattr(running.recording, n) for n in _RECORDING_RESTART_ONLY}),
         upstream=replace(new.upstream, **{n: getattr(running.upstream, n) for n in _UPSTREAM_RESTART_ONLY}),
+        aiproxy=replace(new.aiproxy, **{n: getattr(running.aiproxy, n) for n in _AIPROXY_RESTART_ONLY}),
     )
     return effective, ignored
 
@@ -430,6 +434,24 @@ def _check_store(config: Config) -> None:
         raise SystemExit(f"bridgeproxy: {e}") from None
 
 
+def _with_aiproxy(app: App, listener: service.IService, reactor: Any) -> service.IService:
+    """The bridge's listener and the AI proxy's, stopped together at shutdown."""
+    from bridgeproxy.aiproxy import make_aiproxy
+
+    settings = app.config.aiproxy
+    assert settings.listen
+    try:
+        factory = make_aiproxy(app, reactor)
+    except ConfigError as e:
+        raise SystemExit(f"bridgeproxy: {e}") from None
+    both = service.MultiService()
+    listener.setServiceParent(both)
+    listen(settings.listen, factory, reactor, "aiproxy.listen").setServiceParent(both)
+    log.info("AI proxy listening on {listen}; decrypting {domains}", listen=settings.listen,
+             domains=", ".join(f"{host} ({provider})" for host, provider in settings.domains.items()) or "nothing")
+    return both
+
+
 def makeService(options: Options) -> service.IService:
     """The twistd entry point; the only place that imports the global reactor."""
     from twisted.internet import reactor
@@ -447,6 +469,8 @@ def make_service(config: Config, reactor: Any, config_path: Optional[str] = None
     status 1, and "listening" is logged only once the port is bound.
     """
     _check_store(config)
+    if config.workers > 1 and config.aiproxy.listen:
+        raise SystemExit("bridgeproxy: aiproxy.listen needs workers = 1 (the AI proxy runs in one process)")
     if config.workers > 1:
         from bridgeproxy.workers import Supervisor, reuseport_socket
         interface, port, backlog = tcp_address(config.listen)
@@ -470,7 +494,10 @@ def make_service(config: Config, reactor: Any, config_path: Optional[str] = None
         app = build(config, reactor)
     except ConfigError as e:
         raise SystemExit(f"bridgeproxy: {e}") from None
-    top = BridgeService(app, listen(config.listen, app.site, reactor))
+    listener: service.IService = listen(config.listen, app.site, reactor)
+    if config.aiproxy.listen:
+        listener = _with_aiproxy(app, listener, reactor)
+    top = BridgeService(app, listener)
     # What start-up made lives as long as the process: out of the cyclic
     # collector's sight, so that a full collection during a burst does not
     # walk every module, class and plugin again; and fewer young collections

@@ -438,11 +438,11 @@ CONFIG_HELP = ("--config FILE, -c FILE configuration file (default: the embedded
 HELP = {
     '': (
         "usage: bridgeproxy [-h] [--version] [--config FILE] COMMAND ... Manage bridgeproxy's bridge "
-        'keys, users and store, and read back what it recorded. Exit status: 0 done, 1 failed '
-        '(configuration, store, no such key or user), 2 bad command line. positional arguments: COMMAND '
-        'keys bridge keys users users db the store interceptions recorded interceptions usage token '
-        "totals and cost options: -h, --help show this help message and exit --version show program's version "
-        'number and exit {CONFIG}'),
+        "keys, users and store, read back what it recorded, and make the AI proxy's CA. Exit status: 0 "
+        'done, 1 failed (configuration, store, no such key or user), 2 bad command line. positional '
+        'arguments: COMMAND keys bridge keys users users db the store interceptions recorded '
+        "interceptions usage token totals and cost ca the AI proxy's certificate authority options: -h, --help "
+        "show this help message and exit --version show program's version number and exit {CONFIG}"),
     'keys': (
         'usage: bridgeproxy keys [-h] ACTION ... Create, list and revoke bridge keys. positional '
         'arguments: ACTION create create a key; prints it alone on stdout list list keys (hints only) '
@@ -500,6 +500,16 @@ HELP = {
         'message and exit {CONFIG} --by {initiator,client,model,day}[,...] what to group by; several '
         'comma-separated (default: initiator) --since SINCE ISO 8601 date or time (UTC unless it says '
         'otherwise) --json print a JSON array instead of a table'),
+    'ca': (
+        'usage: bridgeproxy ca [-h] ACTION ... Make the CA the AI proxy signs its certificates with. '
+        'positional arguments: ACTION create write a new CA certificate and key into a directory options: '
+        '-h, --help show this help message and exit'),
+    'ca create': (
+        'usage: bridgeproxy ca create [-h] [--config FILE] --out DIR [--days DAYS] Write a new CA '
+        'certificate (ca.pem) and its private key (ca-key.pem, mode 0600) into DIR, made if missing. '
+        'Existing files are never overwritten. Clients of the AI proxy must trust ca.pem. options: -h, '
+        '--help show this help message and exit {CONFIG} --out DIR the directory to write into --days '
+        'DAYS how long the CA is valid (default 3650)'),
 }
 
 

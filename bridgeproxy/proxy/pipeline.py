@@ -520,7 +520,9 @@ class Bridge:
         self.metrics.interception(record)
         self.recorder.record(record)
         if self.config.log_interceptions:
-            self._log_line(record)
+            # A request that came through the AI proxy has the proxy's line instead: the same facts, and where from.
+            log_line = getattr(request, "log_interception", None)
+            (log_line if log_line is not None else self._log_line)(record)
         self._close(ex)
 
     def _log_line(self, record: Interception) -> None:

@@ -1,0 +1,117 @@
+# -*- test-case-name: tests.test_aiproxy_units -*-
+"""
+Where a tunnel may go (the SSRF guard): a name is resolved once, every
+address it resolves to is checked, and the tunnel connects to a checked
+address, never to the name again (a second lookup could answer otherwise).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Iterable, Sequence, Union
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IResolutionReceiver
+from zope.interface import implementer
+
+Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+#: NAT64's well-known prefix (RFC 6052): its addresses reach the IPv4 address in their last 32 bits.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+#: Ranges Python's tables may not know as special (RFC 8215's local-use NAT64 prefix).
+_NOT_PUBLIC = (ipaddress.IPv6Network("64:ff9b:1::/48"),)
+
+
+def _plain(address: Address) -> Address:
+    """The IPv4 address an IPv6 address stands for (mapped, 6to4, Teredo, NAT64), or the address itself."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address.sixtofour is not None:
+            return address.sixtofour
+        if address.teredo is not None:
+            return address.teredo[1]
+        if address in _NAT64:
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address
+
+
+def is_public(address: Address) -> bool:
+    """
+    Whether C{address} is a public unicast address: not private, loopback,
+    link-local, shared (CGNAT), multicast, unspecified or otherwise
+    reserved, nor an IPv6 address standing for one of those (the IPv6
+    address of a public IPv4 one is as public as it).
+    """
+    plain = _plain(address)
+    if plain is not address:
+        return is_public(plain)
+    if any(address in net for net in _NOT_PUBLIC if net.version == address.version):
+        return False
+    return address.is_global and not address.is_multicast and not address.is_unspecified
+
+
+class Guard:
+    """
+    The addresses a tunnel may reach: public ones, and those in the
+    configured C{allowed_private_cidrs}.
+    """
+
+    def __init__(self, allowed_cidrs: Iterable[str] = ()):
+        self.allowed = tuple(ipaddress.ip_network(c, strict=False) for c in allowed_cidrs)
+
+    def allows(self, address: Union[str, Address]) -> bool:
+        """Whether a tunnel may connect to C{address}."""
+        ip = ipaddress.ip_address(address) if isinstance(address, str) else address
+        if is_public(ip):
+            return True
+        return any(ip in net or _plain(ip) in net for net in self.allowed)
+
+    def check(self, addresses: Sequence[str]) -> list[str]:
+        """
+        C{addresses} if every one is allowed; else none: a name that
+        resolves to an internal address among public ones is refused
+        whole (DNS answers are the attacker's to choose).
+        """
+        if not addresses or not all(self.allows(a) for a in addresses):
+            return []
+        return list(addresses)
+
+
+@implementer(IResolutionReceiver)
+class _Collect:
+    def __init__(self) -> None:
+        self.addresses: list[str] = []
+        self.done: Deferred = Deferred()
+
+    def resolutionBegan(self, resolution: Any) -> None:
+        pass
+
+    def addressResolved(self, address: Any) -> None:
+        if address.host not in self.addresses:
+            self.addresses.append(address.host)
+
+    def resolutionComplete(self) -> None:
+        self.done.callback(self.addresses)
+
+
+class Resolver:
+    """
+    Host names to addresses, through the reactor's name resolver
+    (C{getaddrinfo} in a thread, by default).
+
+    Anything with the same C{resolve} method can stand in for it (tests
+    inject their own).
+    """
+
+    def __init__(self, reactor: Any):
+        self.reactor = reactor
+
+    def resolve(self, host: str, port: int) -> "Deferred[list[str]]":
+        """The addresses of C{host} (IPv4 and IPv6, in the resolver's order); empty when unknown."""
+        receiver = _Collect()
+        self.reactor.nameResolver.resolveHostName(receiver, host, port)
+        return receiver.done
+
+
+__all__ = ["Guard", "Resolver", "is_public"]

@@ -1,0 +1,219 @@
+"""
+Helpers for the AI proxy's tests: a bridge with its AI proxy on loopback, a
+resolver that answers from a table, clients that go through the proxy, and
+a TLS server that echoes what it gets.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import ssl as stdlib_ssl
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from types import SimpleNamespace
+
+from twisted.internet import defer, reactor, ssl
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from bridgeproxy.aiproxy import AIProxy, CertificateAuthority, create_ca
+from tests import fakes, memory
+
+
+class TableResolver:
+    """Answers host names from a table (an empty answer for any other name); counts lookups."""
+
+    def __init__(self, table: Optional[dict[str, list[str]]] = None):
+        self.table = table or {}
+        self.asked: list[str] = []
+
+    def resolve(self, host: str, port: int):
+        self.asked.append(host)
+        return defer.succeed(list(self.table.get(host, [])))
+
+
+@dataclass
+class ProxyRunning:
+    """A bridge (L{fakes.Running}) with its AI proxy listening beside it."""
+
+    bridge: fakes.Running
+    proxy: AIProxy
+    port: int
+    ca_path: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url_with_key(self, key: str) -> str:
+        return f"http://bridge:{key}@127.0.0.1:{self.port}"
+
+    @defer.inlineCallbacks
+    def stop(self):
+        yield self.bridge.stop()
+
+
+@defer.inlineCallbacks
+def start_proxy(tmp_path, extra: Optional[dict] = None, resolver: Any = None, aiproxy: Optional[dict] = None):
+    """
+    A fake upstream, a bridge in front of it and an AI proxy beside the
+    bridge, with a CA made for the test; C{aiproxy} adds C{[aiproxy]} settings.
+    """
+    ca_cert, ca_key = create_ca(str(tmp_path / "ca"))
+    settings = {"listen": "tcp:0:interface=127.0.0.1", "ca_cert": ca_cert, "ca_key": ca_key, **(aiproxy or {})}
+    running = yield fakes.start_bridge(tmp_path, {**(extra or {}), "aiproxy": settings})
+    app = running.app
+    ca = CertificateAuthority.load(ca_cert, ca_key, reactor, app.metrics)
+    proxy = AIProxy(app, ca, reactor, resolver)
+    port = reactor.listenTCP(0, proxy, interface="127.0.0.1")
+    running.ports.insert(0, port)
+    return ProxyRunning(bridge=running, proxy=proxy, port=port.getHost().port, ca_path=ca_cert)
+
+
+def basic(key: str, user: str = "bridge") -> str:
+    """A C{Proxy-Authorization: Basic} value carrying C{key} as the password."""
+    return "Basic " + base64.b64encode(f"{user}:{key}".encode()).decode()
+
+
+def raw_exchange(port: int, request: bytes, timeout: float = 5.0) -> bytes:
+    """Send C{request} to the proxy on a blocking socket; everything it answers until it closes (run in a thread)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        chunks = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks)
+
+
+def connect_tunnel(port: int, target: str, key: Optional[str], timeout: float = 5.0):
+    """
+    A blocking socket to the proxy after a C{CONNECT target}: C{(socket, head)}
+    where head is the proxy's answer head (run in a thread).
+    """
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+    if key is not None:
+        lines.append("Proxy-Authorization: " + basic(key))
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = sock.recv(1)
+        if not data:
+            break
+        head += data
+    return sock, head
+
+
+def tls_client(sock: socket.socket, host: str, ca_path: str) -> stdlib_ssl.SSLSocket:
+    """
+    C{sock} with TLS for C{host}, trusting only C{ca_path}; an end of the
+    connection without TLS's own close (close_notify) is an error, not an end.
+    """
+    context = stdlib_ssl.create_default_context(cafile=ca_path)
+    return context.wrap_socket(sock, server_hostname=host, suppress_ragged_eofs=False)
+
+
+class _Echo(Protocol):
+    """Echoes what it reads, prefixed by nothing; remembers everything."""
+
+    def connectionMade(self):
+        self.factory.connections.append(self)
+        self.received = b""
+
+    def dataReceived(self, data):
+        self.received += data
+        self.transport.write(data)
+
+
+def echo_tls_server(cert_path, key_path):
+    """A TLS echo server on loopback: C{(port, factory)}; C{factory.connections} holds its protocols."""
+    cert = ssl.PrivateCertificate.loadPEM(cert_path.read_text() + key_path.read_text())
+    factory = Factory.forProtocol(_Echo)
+    factory.connections = []
+    port = reactor.listenSSL(0, factory, cert.options(), interface="127.0.0.1")
+    return port, factory
+
+
+class HalfClosingTransport(StringTransport):
+    """A L{StringTransport} that also takes a half-close (C{loseWriteConnection})."""
+
+    write_closed = False
+
+    def loseWriteConnection(self):
+        self.write_closed = True
+
+    def setTcpNoDelay(self, enabled):
+        pass
+
+
+@dataclass
+class MemoryProxy:
+    """
+    An AI proxy in memory, beside the in-memory bridge of L{memory.gateway}:
+    client connections over L{StringTransport}s, outgoing connections
+    recorded by a L{MemoryReactorClock} (C{reactor.tcpClients}).
+    """
+
+    proxy: AIProxy
+    reactor: MemoryReactorClock
+    gateway: memory.Gateway
+    resolver: TableResolver
+
+    def connect(self):
+        """A new client connection: C{(protocol, transport)}."""
+        protocol = self.proxy.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        transport = HalfClosingTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def send(self, raw: bytes):
+        """A new client connection that sends C{raw}: C{(protocol, transport)}."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(raw)
+        return protocol, transport
+
+    def connect_request(self, target: str, key: Optional[str] = memory.TOKEN, extra: bytes = b""):
+        """A client connection that sent C{CONNECT target} (with C{key} in Proxy-Authorization) and C{extra}."""
+        lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+        if key is not None:
+            lines.append("Proxy-Authorization: " + basic(key))
+        return self.send(("\r\n".join(lines) + "\r\n\r\n").encode() + extra)
+
+    def accept_outbound(self, index: int = -1):
+        """Complete the outgoing connection C{index}: C{(protocol, transport)} of the target's side."""
+        host, port, factory = self.reactor.tcpClients[index][:3]
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        transport = HalfClosingTransport(peerAddress=IPv4Address("TCP", host, port))
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def sample(self, name: str, **labels) -> Optional[float]:
+        return self.gateway.bridge.metrics.registry.get_sample_value(name, labels)
+
+
+def memory_proxy(tmp_path, aiproxy: Optional[dict] = None, identities: Any = None,
+                 resolver: Optional[TableResolver] = None) -> MemoryProxy:
+    """An AI proxy in memory beside L{memory.gateway}'s bridge, with C{[aiproxy]} settings C{aiproxy}."""
+    ca_cert, ca_key = create_ca(str(tmp_path / "ca"))
+    settings = {"listen": "tcp:0", "ca_cert": ca_cert, "ca_key": ca_key, **(aiproxy or {})}
+    identities = identities if identities is not None else memory.Identities()
+    gateway = memory.gateway({"aiproxy": settings}, identities)
+    bridge = gateway.bridge
+    app = SimpleNamespace(bridge=bridge, site=gateway.site, config=bridge.config, identity=identities,
+                          metrics=bridge.metrics)
+    clock = MemoryReactorClock()
+    ca = CertificateAuthority.load(ca_cert, ca_key, clock, bridge.metrics)
+    resolver = resolver if resolver is not None else TableResolver()
+    return MemoryProxy(proxy=AIProxy(app, ca, clock, resolver), reactor=clock, gateway=gateway, resolver=resolver)
+
+
+OPENAI_HOST = "api.openai.com"
+ANTHROPIC_HOST = "api.anthropic.com"
+__all__ = ["ANTHROPIC_HOST", "HalfClosingTransport", "MemoryProxy", "OPENAI_HOST", "ProxyRunning", "TableResolver",
+           "basic", "connect_tunnel", "echo_tls_server", "memory_proxy", "raw_exchange", "start_proxy", "tls_client"]
