@@ -20,7 +20,6 @@ import pytest
 import pytest_twisted
 from cryptography import x509
 from twisted.internet import defer, reactor, threads
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
@@ -424,16 +423,12 @@ def test_a_tls_listener_for_the_proxy_itself(proxied, tmp_path):
     """The proxy on an ssl: endpoint: curl's TLS to the proxy, and the provider's TLS inside it."""
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
-    (tmp_path / "listener").mkdir()
-    test_ca, issue = make_ca(tmp_path / "listener")
-    cert, key = issue("localhost")
-    port = yield serverFromString(
-        reactor, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}").listen(proxied.proxy)
+    port, test_ca = yield aiproxies.tls_listener(proxied.proxy, tmp_path / "listener")
     try:
         token = proxied.bridge.create_key("alice")
         done = yield threads.deferToThread(subprocess.run, [
             "curl", "-sS", "--max-time", "10", "--proxy", f"https://bridge:{token}@localhost:{port.getHost().port}",
-            "--proxy-cacert", str(test_ca), "--cacert", proxied.ca_path, "-H", "Content-Type: application/json",
+            "--proxy-cacert", test_ca, "--cacert", proxied.ca_path, "-H", "Content-Type: application/json",
             "-d", json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
             f"https://{OPENAI_HOST}/v1/chat/completions"], capture_output=True, timeout=20)
         assert done.returncode == 0, done.stderr
@@ -457,21 +452,17 @@ def test_a_tunnel_through_a_tls_listener_ends_cleanly(proxied, tmp_path):
     A target's half-close, on a tunnel through the proxy's TLS listener: the
     client gets every byte, then a clean end of its TLS (TLS cannot half-close).
     """
-    (tmp_path / "listener").mkdir()
-    test_ca, issue = make_ca(tmp_path / "listener")
-    cert, key = issue("localhost")
     target = reactor.listenTCP(0, Factory.forProtocol(_SaysThenStops), interface="127.0.0.1")
     app = proxied.bridge.app  # as a reload would: the next CONNECT follows the new settings
     app.config = replace(app.config, aiproxy=replace(app.config.aiproxy, allowed_private_cidrs=("127.0.0.1/32",),
                                                      allowed_ports=(target.getHost().port,)))
-    port = yield serverFromString(
-        reactor, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}").listen(proxied.proxy)
+    port, test_ca = yield aiproxies.tls_listener(proxied.proxy, tmp_path / "listener")
     try:
         token = proxied.bridge.create_key("alice")
 
         def exchange():
             raw = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
-            sock = tls_client(raw, "localhost", str(test_ca))
+            sock = tls_client(raw, "localhost", test_ca)
             sock.sendall(f"CONNECT 127.0.0.1:{target.getHost().port} HTTP/1.1\r\n"
                          f"Proxy-Authorization: {aiproxies.basic(token)}\r\n\r\n".encode())
             return _read_exactly(sock, 1 << 20)  # until the end; an unclean end raises
@@ -536,3 +527,32 @@ def test_twistd_serves_the_ai_proxy_beside_the_bridge(tmp_path):
     assert token not in log_text and fakes.OPENAI_KEY not in log_text
     rows = Database(f"sqlite:{tmp_path / 'bridge.db'}").interceptions()
     assert [(r["initiator_username"], r["route"]) for r in rows] == [("alice", "chat.completions")]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_tls_listener_ends_the_connection_after_a_refusal_or_the_ca(proxied, tmp_path):
+    """
+    On the proxy's TLS listener, a 407 and the CA certificate each end the
+    connection: the client gets the answer and TLS's end, and once it ends
+    its TLS too, the proxy closes the connection at once (it does not wait
+    for its close timeout, nor leave the socket open).
+    """
+    port, listener_ca = yield aiproxies.tls_listener(proxied.proxy, tmp_path / "listener")
+    try:
+        def ask(request):
+            raw = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=3)
+            sock = tls_client(raw, "localhost", listener_ca)
+            sock.sendall(request)
+            answer = _read_exactly(sock, 1 << 20)  # until the proxy's close_notify
+            plain = sock.unwrap()  # the client's own close_notify
+            try:
+                return answer, plain.recv(1)  # the end of the TCP connection
+            finally:
+                plain.close()
+        answer, tail = yield threads.deferToThread(ask, f"CONNECT {OPENAI_HOST}:443 HTTP/1.1\r\n\r\n".encode())
+        assert answer.startswith(b"HTTP/1.1 407 Proxy Authentication Required\r\n") and tail == b""
+        answer, tail = yield threads.deferToThread(ask, b"GET /ca.pem HTTP/1.1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and tail == b""
+        assert answer.endswith(open(proxied.ca_path, "rb").read())
+    finally:
+        yield port.stopListening()

@@ -351,3 +351,69 @@ def test_a_host_name_that_starts_with_a_digit_is_resolved_like_any_other(tmp_pat
     proxied.connect_request("1password.com:443")
     assert proxied.resolver.asked == ["1password.com"]
     assert [c[:2] for c in proxied.reactor.tcpClients] == [(PUBLIC, 443)]
+
+
+class _Pending:
+    """An identity backend whose checks never answer."""
+
+    def identify(self, token):
+        return Deferred()
+
+
+@pytest.mark.parametrize("raw", [
+    b"CONNECT api.openai.com:443 HTTP/1.1\r\n\r\n",  # 407
+    b"GET /ca.pem HTTP/1.1\r\n\r\n",  # the CA certificate
+])
+def test_after_an_answer_the_client_is_read_and_cut_off_if_it_does_not_close(tmp_path, raw):
+    """
+    An answer the proxy closes on: the connection is read again (a TLS
+    listener must read the client's close_notify to end), what the client
+    sends is dropped, and a client that never closes is cut off after the
+    close timeout.
+    """
+    proxied = memory_proxy(tmp_path)
+    protocol, transport = proxied.send(raw)
+    assert transport.disconnecting
+    assert transport.producerState == "producing"
+    answer = transport.value()
+    protocol.dataReceived(b"x" * 100_000)
+    assert transport.value() == answer
+    proxied.reactor.advance(server.CLOSE_TIMEOUT - 0.5)
+    assert not transport.disconnected
+    proxied.reactor.advance(0.5)
+    assert transport.disconnected  # aborted
+    protocol.connectionLost(None)
+    assert proxied.reactor.getDelayedCalls() == []
+
+
+def test_a_client_that_closes_in_time_leaves_no_timer_behind(tmp_path):
+    """A refused client that closes its side: the close timeout is let go."""
+    proxied = memory_proxy(tmp_path)
+    protocol, transport = proxied.send(b"CONNECT api.openai.com:443 HTTP/1.1\r\n\r\n")
+    protocol.connectionLost(None)
+    assert proxied.reactor.getDelayedCalls() == []
+    proxied.reactor.advance(server.CLOSE_TIMEOUT)
+    assert not transport.disconnected
+
+
+def test_bytes_after_an_over_long_head_are_dropped_not_kept(tmp_path):
+    """After a 431 the client's further bytes are not answered, and are not kept."""
+    proxied = memory_proxy(tmp_path)
+    protocol, transport = proxied.send(b"CONNECT api.openai.com:443 HTTP/1.1\r\nX-Filler: " + b"a" * 17000)
+    answer = refused(transport)
+    assert answer.status == 431
+    for _ in range(100):
+        protocol.dataReceived(b"a" * 65536)
+    assert parse_answer(transport.value()).status == 431
+    assert len(protocol._buffer) == 0
+
+
+def test_a_client_sending_too_much_while_its_key_is_checked_is_cut_off(tmp_path):
+    """Bytes kept for a tunnel that is not open yet: more than a head's worth ends the connection."""
+    proxied = memory_proxy(tmp_path, identities=_Pending())
+    protocol, transport = proxied.connect_request(f"{OPENAI_HOST}:443", extra=b"\x16\x03\x01")
+    protocol.dataReceived(b"a" * 8000)
+    assert not transport.disconnecting
+    protocol.dataReceived(b"a" * 9000)
+    assert transport.disconnected  # aborted
+    assert transport.value() == b""

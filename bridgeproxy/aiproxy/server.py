@@ -17,7 +17,9 @@ not let it do):
                                      nothing else is forwarded in the clear
 
 Nothing is answered until the decision is made; the client's connection is
-not read meanwhile.
+not read meanwhile.  After an answer that ends the connection (a refusal,
+the CA certificate) the client's bytes are read and dropped until it closes
+its side, or for L{CLOSE_TIMEOUT} seconds at most.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ log = Logger(namespace="bridgeproxy.aiproxy")
 HEAD_TIMEOUT = 30.0
 #: Seconds the proxy may take to check a key and reach a tunnel's target.
 DECIDE_TIMEOUT = 60.0
+#: Seconds a client has, after an answer the proxy closes on, to end its side
+#: (a TLS listener waits for the client's close_notify); then it is cut.
+CLOSE_TIMEOUT = 5.0
 
 _PHRASES = {
     400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
@@ -85,6 +90,9 @@ class ProxyConnection(Protocol):
         self._reading_head = True
         self._timer: Any = None
         self._gone = False
+        #: Answered; the connection is ending (what the client sends is dropped).
+        self._closing = False
+        self._close_timer: Any = None
         self._pending: Any = None
         #: The TLS layer of a decrypted tunnel (the bridge's channel inside it).
         self._tls: Optional[TLSMemoryBIOProtocol] = None
@@ -115,9 +123,17 @@ class ProxyConnection(Protocol):
         if self._splice is not None:
             self._splice.received(0, data)
             return
+        if self._closing:
+            return  # answered: nothing more is read
         self._buffer += data
         if not self._reading_head:
-            return  # the start of a tunnel's bytes, kept for when it opens
+            # The start of a tunnel's bytes, kept for when it opens; not
+            # without end (the connection is paused meanwhile, but a TLS
+            # listener's connection may still hand over what it holds).
+            if len(self._buffer) > MAX_HEAD:
+                self._closing = True
+                self.transport.abortConnection()
+            return
         end = self._buffer.find(b"\r\n\r\n")
         if end < 0 or end > MAX_HEAD:
             if len(self._buffer) > MAX_HEAD:
@@ -142,6 +158,9 @@ class ProxyConnection(Protocol):
     def connectionLost(self, reason: Any = None) -> None:
         self._gone = True
         self._cancel_timer()
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.cancel()
@@ -375,8 +394,15 @@ class ProxyConnection(Protocol):
         lines = [b"HTTP/1.1 %d %s" % (status, phrase)]
         lines += [name + b": " + value for name, value in headers]
         lines += [b"Content-Length: %d" % (len(body) if length is None else length), b"Connection: close"]
+        self._closing = True
+        self._buffer = b""
         self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        # Read again, to see the client's end: a TLS listener's connection
+        # ends only once the client's close_notify (or its close) is read.
+        self.transport.resumeProducing()
         self.transport.loseConnection()
+        if not self._gone:
+            self._close_timer = self.proxy.reactor.callLater(CLOSE_TIMEOUT, self.transport.abortConnection)
 
     def _timed_out(self, status: int, message: str) -> None:
         self._timer = None
