@@ -29,6 +29,7 @@ from bridgeproxy.store import Database
 from tests import aiproxies, fakes, procs
 from tests.aiproxies import ANTHROPIC_HOST, OPENAI_HOST, TableResolver, connect_tunnel, start_proxy, tls_client
 from tests.certs import make_ca
+from tests.coderfake import FakeCoder, coder_token, listen_tls
 from tests.conftest import assert_no_secrets
 from tests.payloads import CHAT_CHUNKS, CHAT_JSON, MESSAGE_EVENTS, MESSAGE_JSON
 from tests.streams import ANTHROPIC_EVENTS, sleep
@@ -556,3 +557,55 @@ def test_a_tls_listener_ends_the_connection_after_a_refusal_or_the_ca(proxied, t
         assert answer.endswith(open(proxied.ca_path, "rb").read())
     finally:
         yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_coder_tokens_through_the_proxy_get_the_deployments_answer(tmp_path, captured_log):
+    """
+    With identity_backend = "coder", the Coder token is the proxy's password:
+    an active user's token opens the tunnel and the request reaches the
+    provider; a suspended user's CONNECT gets 403, as directly; while the
+    deployment is down an unknown token gets 503 with Retry-After.
+    """
+    (tmp_path / "coder").mkdir()
+    coder_ca, issue = make_ca(tmp_path / "coder")
+    coder = FakeCoder()
+    coder_port = listen_tls(coder, *issue("localhost"))
+    settings = {"url": f"https://localhost:{coder_port.getHost().port}", "ca_file": str(coder_ca),
+                "cache_seconds": 0, "stale_seconds": 0, "retry_seconds": 0}
+    running = yield start_proxy(tmp_path, {"identity_backend": "coder", "plugins": {"coder": settings}})
+    running.bridge.upstream.handler = provider_like
+    try:
+        alice = coder.add_user("alice")
+        token = coder.add_token(alice["id"])
+        result = yield threads.deferToThread(openai_client(running, token, token).chat.completions.create,
+                                             model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        assert result.model == CHAT_JSON["model"]
+        assert running.bridge.upstream.requests[0].header("authorization") == f"Bearer {fakes.OPENAI_KEY}"
+
+        def refusal(key):
+            sock, head = connect_tunnel(running.port, f"{OPENAI_HOST}:443", key)
+            with sock:
+                return head, _read_exactly(sock, 1 << 20)
+        sam = coder.add_user("sam", status="suspended")
+        suspended = coder.add_token(sam["id"])
+        head, body = yield threads.deferToThread(refusal, suspended)
+        assert head.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+        assert json.loads(body)["error"]["message"] == "This user is disabled."
+        coder.suspended_as_401 = True  # what coderd's own API-key check answers for a suspended user
+        other = coder.add_token(sam["id"])
+        head, body = yield threads.deferToThread(refusal, other)
+        assert head.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+        assert json.loads(body)["error"] == {"message": "This user is not active in the Coder deployment.",
+                                             "type": "permission_error", "param": None, "code": "forbidden"}
+
+        coder.fail_with = 502
+        head, body = yield threads.deferToThread(refusal, coder_token())
+        assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+        assert b"\r\nRetry-After: 1\r\n" in head
+        assert "Coder deployment" in json.loads(body)["error"]["message"]
+        assert len(running.bridge.upstream.requests) == 1
+        assert_no_secrets(captured_log.text(), token, suspended, other)
+    finally:
+        yield running.stop()
+        yield coder_port.stopListening()

@@ -14,7 +14,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.python.failure import Failure
 
 from bridgeproxy.aiproxy import server
-from bridgeproxy.errors import NotConfigured
+from bridgeproxy.errors import AuthenticationFailed, IdentityUnavailable, NotConfigured, PermissionDenied
 from bridgeproxy.types import Identity
 from tests import memory
 from tests.aiproxies import ANTHROPIC_HOST, OPENAI_HOST, TableResolver, basic, memory_proxy
@@ -95,6 +95,26 @@ def test_a_disabled_user_is_403_and_a_store_that_is_down_503(tmp_path):
     answer = refused(transport)
     assert answer.status == 503
     assert answer.json()["error"]["message"] == "The key store is unavailable; try again shortly."
+
+
+@pytest.mark.parametrize("error,status,headers", [
+    (PermissionDenied("This user is not active in the Coder deployment."), 403, {}),
+    (IdentityUnavailable("The Coder deployment cannot be reached.", headers={"Retry-After": "7"}), 503,
+     {"retry-after": [b"7"]}),
+    (AuthenticationFailed("This key has expired."), 407, {"proxy-authenticate": [b'Basic realm="bridgeproxy"']}),
+])
+def test_the_identity_backends_refusal_is_answered_as_it_says(tmp_path, error, status, headers):
+    """A backend that refuses with its own error: its status (a 401 as the proxy's 407), message and headers."""
+    class Refusing:
+        def identify(self, token):
+            return fail(error)
+    proxied = memory_proxy(tmp_path, identities=Refusing())
+    _, transport = proxied.connect_request(f"{ANTHROPIC_HOST}:443")
+    answer = refused(transport)
+    assert answer.status == status
+    assert answer.json()["error"]["message"] == error.message
+    for name, values in headers.items():
+        assert answer.headers[name] == values
 
 
 def test_a_port_not_allowed_is_403_after_the_key(tmp_path):

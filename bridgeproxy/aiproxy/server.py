@@ -27,7 +27,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-from typing import Any, Optional
+from http import HTTPStatus
+from typing import Any, Optional, Sequence
 
 from twisted.internet import endpoints
 from twisted.internet.defer import CancelledError, maybeDeferred, succeed
@@ -68,6 +69,22 @@ _KINDS = {400: "invalid_request", 403: "permission", 404: "not_found", 405: "inv
           502: "api_error", 503: "overloaded", 504: "timeout"}
 _ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _CANCELLED = (CancelledError,)
+
+
+def _phrase(status: int) -> bytes:
+    """The reason phrase of C{status}."""
+    phrase = _PHRASES.get(status)
+    if phrase is None:
+        try:
+            phrase = HTTPStatus(status).phrase.encode("ascii")
+        except ValueError:
+            phrase = b"Error"
+    return phrase
+
+
+def _header_bytes(value: str) -> bytes:
+    """A header name or value for the answer: Latin-1, without line breaks."""
+    return value.encode("latin-1", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
 
 
 def _outcome(status: int) -> str:
@@ -253,7 +270,13 @@ class ProxyConnection(Protocol):
         if self._gone or failure.check(*_CANCELLED):
             return
         if failure.check(BridgeError):
-            self._refuse(503, failure.value.message)
+            # The backend's own answer, as on the bridge's own listener (a
+            # suspended user's 403, a deployment that is down's 503 and its
+            # Retry-After); a key it refuses is the proxy's 407.
+            error = failure.value
+            status = 407 if error.status == 401 else error.status
+            self._refuse(status, error.message, kind=error.kind,
+                         headers=[(_header_bytes(name), _header_bytes(value)) for name, value in error.headers.items()])
             return
         log.failure("aiproxy: checking a bridge key failed", failure)
         self._refuse(503, "The bridge key could not be checked; try again shortly.")
@@ -373,21 +396,31 @@ class ProxyConnection(Protocol):
         metrics.aiproxy_tunnels.labels(kind).inc()
         log.info("aiproxy CONNECT {target} user={user}: {kind}", target=self._target, user=self._user, kind=kind)
 
-    def _refuse(self, status: int, message: str) -> None:
-        """Answer with an error in the provider's shape (the target's, else OpenAI's) and close."""
+    def _refuse(self, status: int, message: str, kind: Optional[str] = None,
+                headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        """
+        Answer with an error in the provider's shape (the target's, else
+        OpenAI's) and close.
+
+        @param kind: the neutral error kind (by default the status's).
+        @param headers: more headers for the answer.
+        """
         self._cancel_timer()
-        kind = _KINDS.get(status, "api_error")
+        if status == 407:
+            kind = "authentication"
+        elif kind is None:
+            kind = _KINDS.get(status, "api_error")
         provider = self._provider
         body = provider.error_body(kind, message) if provider is not None else \
             json.dumps(openai_error(kind, message)).encode("utf-8")
-        headers = [(b"Content-Type", b"application/json")]
+        headers = [(b"Content-Type", b"application/json"), *headers]
         if status == 407:
             headers.append((b"Proxy-Authenticate", b'Basic realm="bridgeproxy"'))
         if self._connect:
             self.proxy.metrics.aiproxy_connects.labels(_outcome(status)).inc()
             log.info("aiproxy CONNECT {target} user={user}: refused {status} ({message})",
                      target=self._target or "?", user=self._user, status=status, message=message)
-        self._answer(status, _PHRASES.get(status, b"Error"), headers, body)
+        self._answer(status, _phrase(status), headers, body)
 
     def _answer(self, status: int, phrase: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
                 length: Optional[int] = None) -> None:
