@@ -137,6 +137,19 @@ def test_internal_addresses_are_not_reachable(address):
     assert not Guard().allows(address)
 
 
+@pytest.mark.parametrize("address", [
+    "192.0.0.8", "192.0.0.255",  # IETF protocol assignments, beyond the ranges Python knows
+    "::7f00:1", "::a00:1", "::5db8:d822",  # IPv4-compatible (::127.0.0.1, ::10.0.0.1, even a public one)
+    "fec0::1", "feff::1",  # site-local
+    "::ffff:0:7f00:1", "::ffff:0:5db8:d822",  # IPv4-translated (SIIT)
+    "100::1", "4000::1", "fe00::1",  # reserved IPv6 (discard-only, unassigned)
+])
+def test_deprecated_and_reserved_ranges_are_not_reachable(address):
+    """Ranges some of Python's tables call global: refused all the same, allowed ranges or not."""
+    assert not Guard().allows(address)
+    assert not Guard(["127.0.0.0/8", "10.0.0.0/8"]).allows(address)
+
+
 @pytest.mark.parametrize("address", ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "::ffff:1.1.1.1",
                                      "64:ff9b::101:101"])
 def test_public_addresses_are_reachable(address):

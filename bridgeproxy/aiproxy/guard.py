@@ -18,8 +18,14 @@ Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 #: NAT64's well-known prefix (RFC 6052): its addresses reach the IPv4 address in their last 32 bits.
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-#: Ranges Python's tables may not know as special (RFC 8215's local-use NAT64 prefix).
-_NOT_PUBLIC = (ipaddress.IPv6Network("64:ff9b:1::/48"),)
+#: Ranges Python's tables may not know as special (they differ between versions).
+_NOT_PUBLIC = (
+    ipaddress.IPv4Network("192.0.0.0/24"),  # IETF protocol assignments (RFC 6890)
+    ipaddress.IPv6Network("64:ff9b:1::/48"),  # local-use NAT64 (RFC 8215)
+    ipaddress.IPv6Network("::/96"),  # IPv4-compatible (deprecated; ::127.0.0.1 may reach the loopback)
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),  # IPv4-translated (SIIT, RFC 2765)
+    ipaddress.IPv6Network("fec0::/10"),  # site-local (deprecated, RFC 3879)
+)
 
 
 def _plain(address: Address) -> Address:
@@ -48,7 +54,8 @@ def is_public(address: Address) -> bool:
         return is_public(plain)
     if any(address in net for net in _NOT_PUBLIC if net.version == address.version):
         return False
-    return address.is_global and not address.is_multicast and not address.is_unspecified
+    return (address.is_global and not address.is_multicast and not address.is_unspecified
+            and not address.is_reserved and not getattr(address, "is_site_local", False))
 
 
 class Guard:
