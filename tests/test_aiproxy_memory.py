@@ -311,7 +311,7 @@ def test_a_client_that_sends_no_head_in_time_gets_408(tmp_path):
 
 
 def test_a_target_that_never_answers_is_504(tmp_path):
-    """A name whose resolution hangs: 504 after the decision timeout, and nothing is dialled."""
+    """A name whose resolution hangs: 504 after the decision timeout, and nothing is dialled, even later."""
     class Hanging:
         def __init__(self):
             self.pending = Deferred()
@@ -323,7 +323,9 @@ def test_a_target_that_never_answers_is_504(tmp_path):
     _, transport = proxied.connect_request("slow.test:443")
     proxied.reactor.advance(server.DECIDE_TIMEOUT)
     assert refused(transport).status == 504
-    assert resolver.pending.called  # cancelled
+    # The lookup runs on (a thread cannot be stopped) and keeps its turn; its late answer is not used.
+    assert not resolver.pending.called
+    resolver.pending.callback([PUBLIC])
     assert proxied.reactor.tcpClients == []
 
 
@@ -437,3 +439,56 @@ def test_a_client_sending_too_much_while_its_key_is_checked_is_cut_off(tmp_path)
     protocol.dataReceived(b"a" * 9000)
     assert transport.disconnected  # aborted
     assert transport.value() == b""
+
+
+class _Held:
+    """A resolver whose lookups wait until the test answers them, by name."""
+
+    def __init__(self):
+        self.pending = {}
+
+    def resolve(self, host, port):
+        self.pending[host] = Deferred()
+        return self.pending[host]
+
+
+def test_tunnel_lookups_run_a_few_at_a_time(tmp_path):
+    """
+    Tunnels' name lookups share the reactor's threads with the bridge: at
+    most four run at once, the others wait their turn; a client that leaves
+    while waiting gets its lookup dropped, and one that leaves mid-lookup
+    keeps its turn taken until that lookup ends.
+    """
+    resolver = _Held()
+    proxied = memory_proxy(tmp_path, resolver=resolver)
+    clients = [proxied.connect_request(f"host{i}.test:443") for i in range(7)]
+    assert sorted(resolver.pending) == [f"host{i}.test" for i in range(4)]
+    clients[4][0].connectionLost(None)  # leaves while waiting
+    clients[0][0].connectionLost(None)  # leaves mid-lookup: its turn is still taken
+    assert len(resolver.pending) == 4
+    resolver.pending["host0.test"].callback([PUBLIC])
+    assert "host4.test" not in resolver.pending and "host5.test" in resolver.pending
+    assert clients[0][1].value() == b""
+    resolver.pending["host1.test"].callback([PUBLIC])
+    assert "host6.test" in resolver.pending
+    assert [c[:2] for c in proxied.reactor.tcpClients] == [(PUBLIC, 443)]  # host1's tunnel only
+    resolver.pending["host2.test"].callback([])
+    assert refused(clients[2][1]).status == 502
+
+
+def test_a_lookup_waiting_its_turn_past_the_decision_timeout_is_504(tmp_path):
+    """A CONNECT whose lookup never got a turn: 504 after the decision timeout, and it is never started."""
+    resolver = _Held()
+    proxied = memory_proxy(tmp_path, resolver=resolver)
+    for i in range(4):
+        proxied.connect_request(f"host{i}.test:443")
+    proxied.reactor.advance(1)
+    _, transport = proxied.connect_request("late.test:443")
+    proxied.reactor.advance(server.DECIDE_TIMEOUT - 1)  # the first four time out; their lookups run on
+    assert "late.test" not in resolver.pending
+    proxied.reactor.advance(1)
+    assert refused(transport).status == 504
+    for i in range(4):
+        resolver.pending[f"host{i}.test"].callback([PUBLIC])  # the turns free up: nobody waits for them
+    assert "late.test" not in resolver.pending
+    assert proxied.reactor.tcpClients == []

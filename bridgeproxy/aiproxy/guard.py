@@ -10,8 +10,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Iterable, Sequence, Union
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, maybeDeferred
 from twisted.internet.interfaces import IResolutionReceiver
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -121,4 +122,49 @@ class Resolver:
         return receiver.done
 
 
-__all__ = ["Guard", "Resolver", "is_public"]
+#: Tunnels' name lookups running at once, at most: they share the reactor's
+#: threads with the bridge's own lookups of its providers.
+MAX_LOOKUPS = 4
+
+
+class Lookups:
+    """
+    A resolver's lookups, at most C{limit} at once; the others wait their turn.
+
+    Cancelling a lookup that waits takes it out of the queue.  One that has
+    started keeps its turn until it ends (a thread doing C{getaddrinfo}
+    cannot be stopped): the caller gets L{CancelledError} at once.
+    """
+
+    def __init__(self, resolver: Any, limit: int = MAX_LOOKUPS):
+        self.resolver = resolver
+        self._turns = DeferredSemaphore(limit)
+
+    def resolve(self, host: str, port: int) -> "Deferred[list[str]]":
+        """C{resolver.resolve(host, port)}, in turn."""
+        turn = self._turns.acquire()
+        result: Deferred = Deferred(lambda d: turn.cancel())
+
+        def start(_: Any) -> None:
+            if result.called:  # cancelled meanwhile
+                self._turns.release()
+                return
+            maybeDeferred(self.resolver.resolve, host, port).addBoth(done)
+
+        def done(outcome: Any) -> None:
+            self._turns.release()
+            if result.called:
+                return
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+
+        def dequeued(failure: Failure) -> None:
+            failure.trap(CancelledError)  # cancelled while waiting: nothing was started
+
+        turn.addCallbacks(start, dequeued)
+        return result
+
+
+__all__ = ["Guard", "Lookups", "MAX_LOOKUPS", "Resolver", "is_public"]

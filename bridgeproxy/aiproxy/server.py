@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
 from bridgeproxy.aiproxy.ca import CertificateAuthority
-from bridgeproxy.aiproxy.guard import Guard, Resolver
+from bridgeproxy.aiproxy.guard import Guard, Lookups, Resolver
 from bridgeproxy.aiproxy.head import MAX_HEAD, BadHead, ProxyRequest, absolute_host, parse_authority, parse_head, \
     proxy_token
 from bridgeproxy.aiproxy.mitm import Tunnel, TunnelRequest, TunnelResource, tunnel_channel
@@ -312,7 +312,7 @@ class ProxyConnection(Protocol):
         try:
             d = succeed([str(ipaddress.ip_address(host))])  # an address already: nothing to resolve
         except ValueError:
-            d = maybeDeferred(self.proxy.resolver.resolve, host, port)
+            d = self.proxy.lookups.resolve(host, port)
         self._pending = d
         d.addCallbacks(self._resolved, self._unresolved, callbackArgs=(host, port), errbackArgs=(host,))
         d.addErrback(self._crashed)
@@ -468,6 +468,8 @@ class AIProxy(Factory):
         self.ca = ca
         self.reactor = reactor
         self.resolver = resolver if resolver is not None else Resolver(reactor)
+        #: The tunnels' lookups, a few at a time (see L{Lookups}).
+        self.lookups = Lookups(self.resolver)
         #: The decrypted tunnels' site: the bridge's pipeline, the bridge's request class.
         self.site = make_site(TunnelResource(app.bridge), app.config.max_body_bytes, reactor)
         self.site.requestFactory = type(  # type: ignore[assignment]
