@@ -52,7 +52,7 @@ def create_ca(directory: str, *, days: int = 3650, now: Optional[float] = None) 
     Write a new CA certificate (C{ca.pem}) and its private key
     (C{ca-key.pem}, mode 0600) into C{directory} (made if missing).
 
-    The certificate may sign server certificates only (C{pathLen=0}); its
+    The certificate may not sign other CAs (C{pathLen=0}); its
     name carries a random suffix, so that two deployments' CAs are told
     apart in a trust store.
 
