@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_pipeline -*-
+# -*- test-case-name: tests.test_errors,tests.test_pipeline -*-
 """
 Typed refusals.  A chain step raises one of these to refuse a request; one
 place (L{bridgeproxy.proxy.errors}) turns it into the provider's error shape.
