@@ -95,6 +95,7 @@ def dashboard(extra: Optional[dict] = None) -> Dashboard:
     recorder = _Recorder(store)
     gw.bridge.recorder = recorder
     gw.bridge.api = BridgeAPI(extractors=gw.bridge.extractors, identity=identity, store=store, recorder=recorder,
+                              clock=gw.clock,
                               providers={name.decode(): entry for name, entry in gw.bridge.providers.items()})
     return Dashboard(gateway=gw, store=store, identity=identity)
 
