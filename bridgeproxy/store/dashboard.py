@@ -159,10 +159,13 @@ def interceptions(db: Database, filters: Filters, cursor: Optional[tuple[float, 
     most selective filter.  With one, the next C{window} rows matching the
     other filters are looked at: a page then holds the matches among them
     (maybe none), and its cursor continues after the last row looked at.
+
+    @param window: how many rows a text search looks at (default L{SEARCH_WINDOW}).
+    @param offset: rows to skip first (without a text search).
     """
     if not filters.text:
         where, params = filters.where(db, cursor)
-        rows = db.execute(f"{_SELECT}{where}{_ORDER} LIMIT ?", (*params, limit + 1))
+        rows = db.execute(f"{_SELECT}{where}{_ORDER} LIMIT ? OFFSET ?", (*params, limit + 1, offset))
         found = [row_dict(row) for row in rows[:limit]]
         more = len(rows) > limit
         return Page(found, _cursor(found[-1]) if more else None)
