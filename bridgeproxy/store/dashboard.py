@@ -173,14 +173,15 @@ def interceptions(db: Database, filters: Filters, cursor: Optional[tuple[float, 
     where, params = filters.where(db, cursor, text=False)
     flag = f"CASE WHEN {like(db)} THEN 1 ELSE 0 END"
     window_rows = db.execute(f"SELECT started_at, id, {flag} FROM interceptions{where}{_ORDER} LIMIT ?",
-                             (pattern(filters.text), *params, window))
+                             (pattern(filters.text), *params, window + 1))
+    more = len(window_rows) > window
+    window_rows = window_rows[:window]
     hits = [(started, ident) for started, ident, hit in window_rows if hit]
+    next_cursor: Optional[tuple[float, str]] = None
     if len(hits) > limit:
         hits, next_cursor = hits[:limit], hits[limit - 1]
-    elif len(window_rows) == window:
+    elif more:
         next_cursor = (window_rows[-1][0], window_rows[-1][1])
-    else:
-        next_cursor = None
     found = []
     if hits:
         marks = ", ".join("?" for _ in hits)

@@ -18,6 +18,8 @@ from bridgeproxy.ui.html import text, utc
 
 SVG = "http://www.w3.org/2000/svg"
 WIDTH, HEIGHT = 720, 220
+#: Timelines span the page's width: drawn wider, so that their text stays small.
+TIMELINE_WIDTH = 1300
 LEFT, RIGHT, TOP, BOTTOM = 56, 8, 10, 24
 
 
@@ -109,9 +111,10 @@ def timeline(spans: Sequence[dict[str, Any]], start: float, end: float, *, title
     share rows, placed where they do not overlap.
     """
     end = max(end, start + 1)
-    label_w = 170 if lanes else 0
-    row_h = 18 if lanes else 14
-    plot_w = WIDTH - LEFT - RIGHT - label_w
+    width = TIMELINE_WIDTH
+    label_w = 180 if lanes else 0
+    row_h = 16 if lanes else 14
+    plot_w = width - LEFT - RIGHT - label_w
     x0 = LEFT + label_w
 
     def x(t: float) -> float:
@@ -151,7 +154,7 @@ def timeline(spans: Sequence[dict[str, Any]], start: float, end: float, *, title
     if not spans:
         children.append(_svg("text", x=str(x0 + plot_w / 2), y=str(TOP + row_h), **{
             "class": "empty", "text-anchor": "middle"})("Nothing in this range"))
-    return _svg("svg", xmlns=SVG, viewBox=f"0 0 {WIDTH} {height}", role="img",
+    return _svg("svg", xmlns=SVG, viewBox=f"0 0 {width} {height}", role="img",
                 **{"class": "chart timeline", "aria-label": text(title)})(children)
 
 

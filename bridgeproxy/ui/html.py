@@ -75,7 +75,7 @@ def short(value: Optional[int]) -> str:
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(number) >= size:
             return f"{number / size:.1f}{unit}"
-    return str(int(number))
+    return str(int(number)) if number == int(number) else f"{number:.1f}"
 
 
 def cost(micros: Optional[int]) -> str:

@@ -324,6 +324,7 @@ def _interception_page(r: Optional[dict]) -> Any:
 # -- sessions ---------------------------------------------------------------------------------------------
 
 SESSION_RANGES = {"24h": DAY, "7d": 7 * DAY, "30d": 30 * DAY}
+SESSION_ROWS = 25
 
 
 def sessions(ui: "Dashboard", request: Any, sign_in: SignIn) -> Deferred:
@@ -336,7 +337,8 @@ def sessions(ui: "Dashboard", request: Any, sign_in: SignIn) -> Deferred:
     since = now - SESSION_RANGES[name]
 
     def work(db: Any) -> Any:
-        return (dashboard.sessions(db, since=since, initiator=user, client=client, cursor=cursor),
+        return (dashboard.sessions(db, since=since, initiator=user, client=client, cursor=cursor,
+                                   limit=SESSION_ROWS),
                 dashboard.labels(db, since))
     d = ui.run(work)
     return d.addCallback(lambda found: _sessions_page(found[0], found[1], name, user, client, cursor, since, now))
@@ -355,7 +357,7 @@ def _sessions_page(found: Any, labels: dict, name: str, user: Optional[str], cli
         tags.datalist([tags.option(value=text(u)) for u in labels["initiator"]], id="users"),
         _select("client", "Client", labels["client"], client),
         tags.button("Filter", type="submit"), method="get", action="/ui/sessions", class_="filters")
-    start = min([s["first_at"] for s in rows] + [since])
+    start = min((s["first_at"] for s in rows), default=since)
     spans = [{"from": s["first_at"], "to": max(s["ended_at"], s["first_at"]), "label": f"{_label(s['initiator'])} · "
               f"{s['client']}", "class": "status-error" if s["errors"] else "status-ok",
               "tip": f"{s['session_id']}: {s['requests']} requests, {utc(s['first_at'])} to {utc(s['ended_at'])} UTC",
