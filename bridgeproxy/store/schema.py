@@ -210,11 +210,15 @@ def _dashboard_migration() -> list[Union[str, PerDialect]]:
         "ALTER TABLE interceptions ADD COLUMN ttfb_ms INTEGER",
         # Keyset paging (newest first, the id breaking ties) under each filter.
         "DROP INDEX interceptions_started",
+        "DROP INDEX interceptions_initiator",
+        "DROP INDEX interceptions_client",
         "CREATE INDEX interceptions_time ON interceptions (started_at, id)",
+        "CREATE INDEX interceptions_initiator ON interceptions (initiator_id, started_at, id)",
+        "CREATE INDEX interceptions_client ON interceptions (client, started_at, id)",
         "CREATE INDEX interceptions_model ON interceptions (model, started_at, id)",
         "CREATE INDEX interceptions_status ON interceptions (status, started_at, id)",
         "CREATE INDEX interceptions_username ON interceptions (initiator_username, started_at, id)",
-        "CREATE INDEX interceptions_session ON interceptions (client_session_id, started_at)",
+        "CREATE INDEX interceptions_session ON interceptions (client_session_id, started_at, id)",
         f"""CREATE TABLE usage_hours (
             bucket BIGINT NOT NULL,
             dimension TEXT NOT NULL,
