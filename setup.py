@@ -31,6 +31,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests", "tests.*", "benchmarks", "benchmarks.*"]) + ["twisted.plugins"],
+    # The dashboard's layout, style sheet and icon: it is served offline, from the package.
+    package_data={"bridgeproxy.ui": ["templates/*.html", "static/*.css", "static/*.svg"]},
     install_requires=[
         "Twisted[tls]>=25.5",
         "treq>=24.9",
@@ -49,6 +51,10 @@ setup(
             "hypothesis>=6.100",
             "openai>=1.40",
             "anthropic>=0.34",
+            # The dashboard's tests: a real browser (Debian's chromium and chromium-driver),
+            # and the OpenAPI document checked.
+            "selenium>=4.20",
+            "openapi-spec-validator>=0.7",
         ],
         "dev": ["mypy", "mypy-zope", "ruff", "towncrier", "mutmut"],
     },

@@ -173,7 +173,7 @@ def build(config: Config, reactor: Any, *, agent: Any = None, store: Optional[As
         detectors=chains.detectors, agent=agent if agent is not None else make_agent(reactor, config.upstream),
         clock=reactor, recorder=recorder, metrics=metrics,
     )
-    bridge.api = BridgeAPI(extractors=chains.extractors, identity=chains.identity, store=store,
+    bridge.api = BridgeAPI(extractors=chains.extractors, identity=chains.identity, store=store, clock=reactor,
                            recorder=recorder, providers=chains.providers,
                            metrics=None if config.metrics_listen else metrics)
     metrics.watch_queue(lambda: len(recorder.queue))

@@ -173,6 +173,10 @@ class Interception:
     #: How many times it was sent upstream (more than 1 after retries; 0 when
     #: refused before); L{None} in records made before this was recorded.
     attempts: Optional[int] = None
+    #: Milliseconds from the request's arrival to the first byte of the answer's body
+    #: relayed to the client; L{None} when no body was relayed (a refusal, an error
+    #: answer read whole) and in records made before this was recorded.
+    ttfb_ms: Optional[int] = None
 
     @property
     def duration_ms(self) -> int:

@@ -487,6 +487,10 @@ class FakeCursor:
         if "pg_advisory" in statement:
             self.description, self._rows = (("lock",),), [("",)]
             return
+        if statement.startswith(("CREATE OR REPLACE FUNCTION", "CREATE TRIGGER")):
+            # PL/pgSQL and statement triggers (the dashboard's rollups): SQLite stands in for the tables only.
+            self.description, self._rows = None, []
+            return
         if "information_schema.tables" in statement:
             statement = statement.replace("information_schema.tables", "sqlite_master").replace(
                 "table_name", "type = 'table' AND name")

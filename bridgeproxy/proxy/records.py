@@ -57,6 +57,7 @@ def interception(ex: Exchange, *, ended_at: float, status: str, error: Optional[
     user_agent = request.requestHeaders.getRawHeaders(b"user-agent")
     provider_name = ex.entry.name if ex.entry is not None else "unknown"
     cost = prices.cost(provider_name, model, usage) if prices is not None and usage is not None else None
+    first_byte = getattr(ex.relay, "first_at", None)
     return Interception(
         id=ex.id,
         started_at=ex.started,
@@ -91,4 +92,5 @@ def interception(ex: Exchange, *, ended_at: float, status: str, error: Optional[
         else status,
         cost_micros=cost,
         attempts=ex.attempts,
+        ttfb_ms=int(round((first_byte - ex.started) * 1000)) if first_byte is not None else None,
     )

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_resource,tests.test_pipeline,tests.test_e2e_api -*-
+# -*- test-case-name: tests.test_resource,tests.test_pipeline,tests.test_e2e_api,tests.test_ui -*-
 """
 The resource tree: what a path reaches.
 
@@ -6,6 +6,7 @@ The resource tree: what a path reaches.
     /api/v1/<view>                   reading records back
     /<provider>/...                  a configured provider (the pipeline)
     /api/v2/aibridge/<provider>/...  the same providers, mounted again
+    /ui/                             the administrators' dashboard (bridgeproxy.ui)
 
 Anything else reaches the pipeline as a path under no provider, so that it
 is refused (and, for an authenticated caller, recorded) the pipeline's way.
@@ -21,6 +22,7 @@ from twisted.web.server import NOT_DONE_YET
 from bridgeproxy.api import ApiV1Resource, Endpoint
 from bridgeproxy.proxy.pipeline import Bridge, ProviderEntry
 from bridgeproxy.proxy.routing import unsafe_path
+from bridgeproxy.ui import UIResource
 
 
 class ProviderResource(Resource):
@@ -108,6 +110,7 @@ class BridgeResource(ProvidersResource):
             own[b"readyz"] = Endpoint(endpoints.ready)
             own[b"metrics"] = Endpoint(endpoints.serve_metrics)
             self.api.putChild(b"v1", ApiV1Resource(endpoints))
+            own[b"ui"] = UIResource(self.bridge)
         return own
 
     def getChildWithDefault(self, path: bytes, request: Any) -> Resource:

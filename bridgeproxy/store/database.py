@@ -17,7 +17,7 @@ import uuid
 from typing import Any, Iterable, Optional, Sequence
 
 from bridgeproxy.errors import ConfigError
-from bridgeproxy.store.schema import INTERCEPTION_COLUMNS, LATEST, MIGRATIONS
+from bridgeproxy.store.schema import INTERCEPTION_COLUMNS, LATEST, MIGRATIONS, statements
 from bridgeproxy.types import Identity, Interception, mask_secret, record_row, row_dict
 
 TOKEN_PREFIX = "bp_"
@@ -135,7 +135,7 @@ class Database:
             current = self.version()
             for number in range(current + 1, LATEST + 1):
                 def step(db, number=number):
-                    for statement in MIGRATIONS[number - 1]:
+                    for statement in statements(MIGRATIONS[number - 1], db.dialect):
                         db.execute(statement)
                     db.execute("UPDATE schema_version SET version = ?", (number,))
                 self.transaction(step)
