@@ -3,8 +3,9 @@
 The request's way through the bridge, in one straight line:
 
 route -> extract credential -> detect client -> resolve initiator ->
-limits -> clean headers -> breaker -> forward (treq; retried while nothing
-was relayed) -> relay (+ tap for recording) -> record.
+limits -> clean headers -> budget (held in the store) -> breaker -> forward
+(treq; retried while nothing was relayed) -> relay (+ tap for recording) ->
+record (and settle the budget hold).
 
 The resource tree (L{bridgeproxy.proxy.resource}) finds the provider and
 hands the request here; each arrow is one call into one module.
@@ -89,6 +90,8 @@ class Bridge:
         upstream requests.
     @param clock: an L{IReactorTime}.
     @param recorder: anything with C{record(Interception)}.
+    @param admission: the checks made in the store before forwarding (a
+        L{bridgeproxy.proxy.admission.Admission}: budgets), or L{None}.
     """
 
     log = Logger()
@@ -97,7 +100,10 @@ class Bridge:
 
     def __init__(self, config: Config, *, providers: Mapping[str, ProviderEntry],
                  extractors: Sequence[Any], resolvers: Sequence[Any], detectors: Sequence[Any],
-                 agent: Any, clock: Any, recorder: Any, metrics: Optional[Metrics] = None):
+                 agent: Any, clock: Any, recorder: Any, metrics: Optional[Metrics] = None,
+                 admission: Any = None):
+        self.agent = agent
+        self.admission = admission
         self.upstream = Upstream(agent, clock)
         self.clock = clock
         self.recorder = recorder
@@ -139,6 +145,8 @@ class Bridge:
         self.prices = prices
         self.breakers = breakers
         self.retries = Retries(config.retries, self.clock)
+        if self.admission is not None:
+            self.admission.reconfigure(config, prices)
         for name in providers:
             breaker = breakers.get(name)
             if breaker is not None:
@@ -268,6 +276,27 @@ class Bridge:
         if credential.token.encode("latin-1", "replace") in request.path:
             raise BadRequest("Refused path: it contains the bridge key; send the key in a header only.")
         self.limits.check_rate(initiator.user_id)
+        self._prepare(ex)
+        admitting = self.admission.admit(ex) if self.admission is not None else None
+        if admitting is not None:
+            admitting.addCallback(self._admitted, ex)
+            admitting.addErrback(self._failed_before_upstream, ex)
+            return
+        self._send(ex)
+
+    def _admitted(self, _: Any, ex: Exchange) -> None:
+        """The store admitted C{ex} (its budget hold is taken): send it, unless it was stopped meanwhile."""
+        if ex.client_gone:
+            self._record(ex, status="client_disconnected", error="client disconnected before the request was sent")
+            return
+        if ex.shutdown:
+            raise ShuttingDown("The gateway is shutting down; retry.")
+        self._send(ex)
+
+    def _prepare(self, ex: Exchange) -> None:
+        """Make the upstream request of C{ex}: its URL, its clean headers, the key it goes with."""
+        request, entry, credential, initiator = ex.request, ex.entry, ex.credential, ex.initiator
+        assert entry is not None and credential is not None and initiator is not None
         intercepted = bool(ex.route)
         headers = upstream_headers(request, intercepted=intercepted, bridge_headers=self._bridge_headers)
         ex.credential_kind, ex.upstream_key = apply_credential(
@@ -282,7 +311,6 @@ class Bridge:
         url = entry.provider.upstream_url(entry.config.base_url, ex.subpath, query)
         body = ex.body if (ex.body or request.method in _METHODS_WITH_BODY) else None
         ex.outbound = (request.method, url, headers, body)
-        self._send(ex)
 
     def _send(self, ex: Exchange) -> None:
         """Send the request upstream (again, for a retry), if the provider's breaker lets it through."""
@@ -519,6 +547,8 @@ class Bridge:
                                       max_prompt_chars=self.config.recording.max_prompt_chars,
                                       prices=self.prices)
         self.metrics.interception(record)
+        if ex.admitted is not None:
+            self.admission.finish(ex, record.cost_micros)
         self.recorder.record(record)
         if self.config.log_interceptions:
             # A request that came through the AI proxy has the proxy's line instead: the same facts, and where from.
@@ -539,6 +569,8 @@ class Bridge:
         self.log.info(text, **fields)
 
     def _close(self, ex: Exchange) -> None:
+        if ex.admitted is not None:  # ended without a record: its hold goes, nothing spent
+            self.admission.finish(ex, None)
         self.in_flight.discard(ex)
         if not self.in_flight and self._drained:
             waiting, self._drained = self._drained, []
