@@ -412,7 +412,7 @@ def test_at_most_max_idle_connections_are_kept():
     for (protocol, _), d in zip(endpoints.connections, requests):
         protocol.dataReceived(OK)
         answer(d).deliverBody(Body())
-    assert [t.disconnecting for _, t in endpoints.connections] == [False, False, True]
+    assert [t.disconnecting for _, t in endpoints.connections] == [True, False, False]  # the oldest goes
     agent.closeCachedConnections()
     assert [t.disconnecting for _, t in endpoints.connections] == [True, True, True]
 

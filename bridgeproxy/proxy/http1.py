@@ -36,6 +36,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
+from twisted.web import client as _client
 from twisted.web.client import URI, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -48,20 +49,29 @@ _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"))
 _EXPECT_BODY = frozenset((b"POST", b"PUT", b"PATCH"))
 
 
-class ResponseNeverReceived(Exception):
-    """The connection ended (or failed) before an answer's headers arrived."""
+class ResponseNeverReceived(_client.ResponseNeverReceived):
+    """
+    The connection ended (or failed) before an answer's headers arrived:
+    Twisted's exception (C{reasons}), with the one C{reason} and its message.
+    """
 
     def __init__(self, reason: Failure):
-        super().__init__(reason.getErrorMessage())
+        super().__init__([reason])
         self.reason = reason
 
+    def __str__(self) -> str:
+        return self.reason.getErrorMessage()
 
-class ResponseFailed(Exception):
-    """The connection ended (or the parser failed) in the middle of an answer's body."""
+
+class ResponseFailed(_client.ResponseFailed):
+    """The connection ended (or the parser failed) in the middle of an answer's body (as L{ResponseNeverReceived})."""
 
     def __init__(self, reason: Failure):
-        super().__init__(reason.getErrorMessage())
+        super().__init__([reason])
         self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason.getErrorMessage()
 
 
 class BadResponse(Exception):
@@ -515,8 +525,12 @@ class PooledAgent:
     def _idle(self, connection: _Connection) -> None:
         idle = self._pools.setdefault(connection.key, deque())
         if len(idle) >= self.max_idle:
-            connection.transport.loseConnection()
-            return
+            # The pool is full: the longest idle goes (the server is likeliest to close it soon).
+            oldest = idle.popleft()
+            if oldest.idle_timer is not None:
+                oldest.idle_timer.cancel()
+                oldest.idle_timer = None
+            oldest.transport.loseConnection()
         idle.append(connection)
         connection.idle_timer = self._reactor.callLater(self.idle_timeout, self._expire, connection)
 
