@@ -492,3 +492,23 @@ def test_a_lookup_waiting_its_turn_past_the_decision_timeout_is_504(tmp_path):
         resolver.pending[f"host{i}.test"].callback([PUBLIC])  # the turns free up: nobody waits for them
     assert "late.test" not in resolver.pending
     assert proxied.reactor.tcpClients == []
+
+
+def test_an_expired_ca_refuses_decrypted_connects_with_503_and_says_so_once(tmp_path, captured_log):
+    """
+    A CA that expires while the proxy runs: CONNECTs to the decrypted hosts
+    get a clear 503 (no leaf is minted, nothing crashes), and the log says
+    why once, not once per CONNECT.
+    """
+    proxied = memory_proxy(tmp_path)
+    proxied.reactor.advance(proxied.proxy.ca.cert.not_valid_after_utc.timestamp() + 1)
+    for _ in range(3):
+        _, transport = proxied.connect_request(f"{OPENAI_HOST}:443")
+        answer = refused(transport)
+        assert answer.status == 503
+        assert answer.json()["error"]["message"] == (
+            "The AI proxy's CA certificate has expired; an administrator must renew it.")
+    assert proxied.sample("bridgeproxy_aiproxy_leaf_certificates_total") == 0
+    text = captured_log.text()
+    assert text.count("the CA certificate expired on") == 1
+    assert "Traceback" not in text and "Unhandled" not in text

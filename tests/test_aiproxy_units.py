@@ -205,6 +205,18 @@ def test_ca_create_writes_a_ca_and_a_private_key_only_its_owner_reads(tmp_path):
     assert key.public_key().public_numbers() == cert.public_key().public_numbers()
 
 
+def test_loading_a_ca_key_others_can_read_warns(tmp_path, captured_log):
+    """A CA key readable by its group or the world: the CA loads, with a warning naming the file and its mode."""
+    cert_path, key_path = create_ca(str(tmp_path / "ca"))
+    CertificateAuthority.load(cert_path, key_path, Clock())
+    assert "can be read by others" not in captured_log.text()
+    os.chmod(key_path, 0o640)
+    CertificateAuthority.load(cert_path, key_path, Clock())
+    text = captured_log.text()
+    assert f"aiproxy.ca_key: {key_path} can be read by others than its owner (mode 0640)" in text
+    assert "PRIVATE KEY" not in text
+
+
 def test_ca_create_never_overwrites(tmp_path):
     """An existing certificate or key file is left alone, and nothing else is written."""
     (tmp_path / "ca-key.pem").write_text("precious")

@@ -96,6 +96,18 @@ def _outcome(status: int) -> str:
     return "refused"
 
 
+class _OneShot(Factory):
+    """The factory of one outgoing connection of a tunnel (quiet: no log line per tunnel)."""
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol):
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self._protocol
+
+
 class ProxyConnection(Protocol):
     """One client connection to the AI proxy (see the module's docstring)."""
 
@@ -261,6 +273,9 @@ class ProxyConnection(Protocol):
             self._refuse(403, f"Port {port} is not allowed (allowed: {allowed}).")
             return
         if provider_name is not None:
+            if self.proxy.ca.expired():
+                self._refuse(503, "The AI proxy's CA certificate has expired; an administrator must renew it.")
+                return
             self._decrypt(host, provider_name, token)
         else:
             self._resolve(host, port)
@@ -350,7 +365,7 @@ class ProxyConnection(Protocol):
             kind = endpoints.TCP6ClientEndpoint if ":" in address else endpoints.TCP4ClientEndpoint
             endpoint = kind(proxy.reactor, address, port, timeout=timeout)
             outbound = Outbound()
-        d = endpoints.connectProtocol(endpoint, outbound)
+        d = endpoint.connect(_OneShot(outbound))
         d.addCallback(lambda outbound: outbound.ready)
         self._pending = d
         d.addCallbacks(self._spliced, self._unreachable, errbackArgs=(addresses[1:], port))
