@@ -16,20 +16,15 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class Store:
-    """A store that answers every query at once: the database is up and holds nothing."""
+    """A store that answers every query at once: an empty SQLite database in memory."""
 
-    class Database:
-        def ping(self):
-            return True
-
-        def interceptions(self, **query):
-            return []
-
-        def usage(self, **query):
-            return []
+    def __init__(self):
+        from bridgeproxy.store.database import Database
+        self.db = Database("sqlite::memory:")
+        self.db.migrate()
 
     def run(self, f):
-        return succeed(f(self.Database()))
+        return succeed(f(self.db))
 
 
 class Recorder:
@@ -78,7 +73,7 @@ def test_readiness_metrics_and_the_record_views_are_served():
     served = g.send("GET", "/metrics")
     assert served.status == 200 and b'bridgeproxy_events_total{name="some_event"} 1.0' in served.body
     views = g.send("GET", "/api/v1/interceptions", None, BEARER)
-    assert views.status == 200 and views.json() == {"data": [], "next_offset": None}
+    assert views.status == 200 and views.json() == {"data": [], "next_offset": None, "next_cursor": None, "scanned": None}
     usage = g.send("GET", "/api/v1/usage?by=client", None, BEARER)
     assert usage.status == 200 and usage.json() == {"by": "client", "data": []}
     assert g.send("GET", "/api/v1/nothing", None, BEARER).status == 404

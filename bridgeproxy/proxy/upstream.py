@@ -305,6 +305,10 @@ class Upstream:
             cookies=self._jar)  # a jar, so that treq does not build an empty one for every request
 
 
+#: The bytes a URL may hold as sent: visible ASCII.
+_VISIBLE_ASCII = bytes(range(0x21, 0x7f))
+
+
 class _Verbatim(EncodedURL):
     """
     A URL treq sends exactly as the pipeline built and checked it.
@@ -323,6 +327,8 @@ class _Verbatim(EncodedURL):
     def of(cls, url: bytes) -> "_Verbatim":
         made: Any = cls._made.get(url)
         if made is None:
+            if url.translate(None, _VISIBLE_ASCII):
+                raise ValueError("a URL is visible ASCII only")  # a control byte or space, say in the query
             text = url.decode("ascii")
             made = cls.from_text(text)
             made._verbatim = text
