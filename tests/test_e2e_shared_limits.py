@@ -26,7 +26,8 @@ from tests.pg import drop_pg_schema, pg_schema
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 ANSWER = json.dumps({"id": "c", "object": "chat.completion", "model": "gpt-4o", "choices": [],
                      "usage": {"prompt_tokens": 3, "completion_tokens": 1}}).encode()
-RATE, BURST = 2, 4
+#: Slow enough that the refill during a burst of 30 requests is at most a token or two.
+RATE, BURST = 0.5, 4
 
 
 class Gate:
@@ -85,9 +86,9 @@ def rate_burst(agent, gateway, token, count=30):
 @pytest_twisted.inlineCallbacks
 def test_with_two_workers_the_rate_and_the_metrics_are_the_gateways(tmp_path, agent):
     """
-    workers = 2 on SQLite, per_initiator_rps = 2 with a burst of 4: of 30
+    workers = 2 on SQLite, per_initiator_rps = 0.5 with a burst of 4: of 30
     requests at once from one initiator, spread over both workers, about 4
-    are answered (the burst, plus 2 a second while they run), not the 8
+    are answered (the burst, plus one every 2 s while they run), not the 8
     two separate workers would allow; and ten scrapes of /metrics, on
     fresh connections (so on either worker), each count every request
     answered, by both workers.
