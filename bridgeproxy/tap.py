@@ -501,7 +501,8 @@ def make_service(config: Config, reactor: Any, config_path: Optional[str] = None
             check(config, reactor)
         except ConfigError as e:
             raise SystemExit(f"bridgeproxy: {e}") from None
-        supervisor = Supervisor(reactor, config_path, config.workers, config.listen, log_format, dict(overrides or {}))
+        supervisor = Supervisor(reactor, config_path, config.workers, config.listen, log_format, dict(overrides or {}),
+                                share_metrics=True)
         top = service.MultiService()
         supervisor.setServiceParent(top)
         OnHangup(reactor, supervisor.reload).setServiceParent(top)

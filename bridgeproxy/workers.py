@@ -159,7 +159,7 @@ class Supervisor(service.Service):
     ready_timeout = 30.0
 
     def __init__(self, reactor: Any, config_path: Optional[str], count: int, listen: str,
-                 log_format: str = "text", overrides: Optional[dict[str, Any]] = None):
+                 log_format: str = "text", overrides: Optional[dict[str, Any]] = None, share_metrics: bool = False):
         self.reactor = reactor
         self.config_path = config_path
         self.count = count
@@ -174,12 +174,13 @@ class Supervisor(service.Service):
         self.restarts = 0
         self._reloading = False
         self._reload_again = False
-        #: Where the workers write their Prometheus series (made at start, removed at the end).
+        #: Give the workers one directory for their Prometheus series (made at start, removed at the end).
+        self.share_metrics = share_metrics
         self.metrics_dir: Optional[str] = None
 
     def startService(self) -> None:
         super().startService()
-        if self.metrics_dir is None:
+        if self.share_metrics and self.metrics_dir is None:
             self.metrics_dir = tempfile.mkdtemp(prefix="bridgeproxy-metrics-")
         for index in range(self.count):
             self.spawn(index)

@@ -46,7 +46,7 @@ class FakeReactor:
 def test_workers_share_one_metrics_directory_that_goes_when_they_do():
     """Every worker (a restarted one too) gets the same directory; an exited worker's live gauges go, its counters stay; the directory goes once all workers ended."""
     reactor = FakeReactor()
-    supervisor = Supervisor(reactor, None, 2, "tcp:8999")
+    supervisor = Supervisor(reactor, None, 2, "tcp:8999", share_metrics=True)
     supervisor.startService()
     (first, env1), (second, env2) = reactor.started
     directory = env1[MULTIPROCESS_DIR]
