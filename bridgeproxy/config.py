@@ -266,6 +266,12 @@ class RecordingConfig:
         check=not_negative)
 
 
+def _shared(where: str, value: str, base_dir: str) -> str:
+    if value not in ("auto", "store", "process"):
+        raise ConfigError(f"{where} must be \"auto\", \"store\" or \"process\", not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class LimitsConfig:
     """C{[limits]}."""
@@ -279,6 +285,17 @@ class LimitsConfig:
     per_initiator_burst: int = setting(
         0, "how many requests an initiator may make at once before the rate applies", check=not_negative,
         shown="`ceil(per_initiator_rps)`")
+    shared: str = setting(
+        "auto", "where the limits are counted: `\"store\"` for the whole gateway (every worker and every "
+        "instance on the same database: one store round trip per request, see `docs/performance.md`), "
+        "`\"process\"` for each process on its own (with `workers = N` the gateway then allows N times as "
+        "much), `\"auto\"` the store when `workers` is above 1 or `database` is PostgreSQL", check=_shared)
+
+    def counted_in_store(self, config: "Config") -> bool:
+        """Whether these limits are the whole gateway's, counted in the store, under C{config}."""
+        if self.shared == "auto":
+            return config.workers > 1 or not config.database.startswith("sqlite:")
+        return self.shared == "store"
 
 
 #: The AI proxy's default domain allow-list: host -> the provider (its C{[providers]} name) it reaches.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_e2e_metrics,tests.test_metrics -*-
+# -*- test-case-name: tests.test_e2e_metrics,tests.test_metrics,tests.test_e2e_shared_limits -*-
 """
 Metrics: Prometheus series (C{GET /metrics}) and plain counters that the
 pipeline, the recorder and plugins bump by name.
@@ -7,10 +7,19 @@ Each L{Metrics} has its own registry, so that several bridges in one process
 (tests) do not share series.  Label values that come from requests (the
 model) are capped in number, so a client cannot grow the series without
 bound.
+
+With C{workers = N}, the supervisor gives every worker the same directory
+in C{PROMETHEUS_MULTIPROC_DIR}: prometheus_client then keeps each
+process's values in files there (its multiprocess mode), and a scrape, on
+whichever worker takes it, reads every process's files, so that C{/metrics}
+reports the whole gateway.  Counters add up (those of workers that exited
+included); gauges add up over the processes alive (the breakers' state is
+the worst of any worker's).
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from typing import Any, Callable, Optional
 
@@ -20,18 +29,24 @@ from prometheus_client import Counter as PCounter
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _ADMISSION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _MAX_MODELS = 200
+#: The directory where, when set, every worker process writes its series (prometheus_client's multiprocess mode).
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
     """Named counters and the Prometheus series behind C{/metrics}."""
 
     def __init__(self) -> None:
+        #: Whether the series are the whole gateway's, shared with other processes through files.
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
+        self._queue_depth: Optional[Callable[[], float]] = None
         self.counters: Counter[str] = Counter()
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = PCounter("bridgeproxy_requests", "Requests served, by outcome",
                                  ["provider", "route", "client", "status"], registry=r)
-        self.streams_in_flight = Gauge("bridgeproxy_streams_in_flight", "Streams being relayed", registry=r)
+        self.streams_in_flight = Gauge("bridgeproxy_streams_in_flight", "Streams being relayed", registry=r,
+                                       multiprocess_mode="livesum")
         self.upstream_latency = Histogram("bridgeproxy_upstream_latency_seconds",
                                           "Time until the upstream's response headers", ["provider"],
                                           buckets=_LATENCY_BUCKETS, registry=r)
@@ -46,7 +61,7 @@ class Metrics:
         self.retries = PCounter("bridgeproxy_upstream_retries", "Requests sent to a provider again, by what the "
                                 "send before got (connect, 429, 502, 503)", ["provider", "reason"], registry=r)
         self.breaker_state = Gauge("bridgeproxy_breaker_state", "Each provider's circuit breaker: 0 closed, "
-                                   "1 half-open, 2 open", ["provider"], registry=r)
+                                   "1 half-open, 2 open", ["provider"], registry=r, multiprocess_mode="livemax")
         self.breaker_changes = PCounter("bridgeproxy_breaker_transitions", "Circuit breaker changes, by the "
                                         "state entered", ["provider", "state"], registry=r)
         self.budget_refusals = PCounter("bridgeproxy_budget_refusals", "Requests refused because their user's "
@@ -56,7 +71,8 @@ class Metrics:
                                         "whose model has no price: let through without a hold",
                                         ["provider", "model"], registry=r)
         self.admission_latency = Histogram("bridgeproxy_admission_seconds", "Time to admit a request in the "
-                                           "store (budget hold) before it is forwarded",
+                                           "store (budget hold, limits counted for the whole gateway) before it "
+                                           "is forwarded",
                                            buckets=_ADMISSION_BUCKETS, registry=r)
         self.auth_failures = PCounter("bridgeproxy_auth_failures", "Refused credentials, by reason",
                                       ["reason"], registry=r)
@@ -64,11 +80,11 @@ class Metrics:
                                     ["outcome"], registry=r)
         self.spooled = PCounter("bridgeproxy_spooled_rows", "Records spooled to the local file", registry=r)
         self.queue_depth = Gauge("bridgeproxy_recording_queue_depth", "Records waiting for the store",
-                                 registry=r)
+                                 registry=r, multiprocess_mode="livesum")
         self.events = PCounter("bridgeproxy_events", "Other named events", ["name"], registry=r)
         self.aiproxy_tunnels = Gauge("bridgeproxy_aiproxy_tunnels_open",
                                      "AI proxy tunnels open, by kind (mitm: decrypted; tunnelled: passed through)",
-                                     ["kind"], registry=r)
+                                     ["kind"], registry=r, multiprocess_mode="livesum")
         self.aiproxy_connects = PCounter("bridgeproxy_aiproxy_connects", "AI proxy CONNECT requests, by outcome",
                                          ["outcome"], registry=r)
         self.aiproxy_leaf_certificates = PCounter("bridgeproxy_aiproxy_leaf_certificates",
@@ -117,8 +133,23 @@ class Metrics:
             self.unpriced.labels(record.provider, model).inc()
 
     def watch_queue(self, depth: Callable[[], float]) -> None:
-        self.queue_depth.set_function(depth)
+        """Report C{depth()} as the recording queue's depth: at each scrape, or, shared, at each L{refresh}."""
+        if self.multiprocess:
+            self._queue_depth = depth
+            self.refresh()
+        else:
+            self.queue_depth.set_function(depth)
+
+    def refresh(self) -> None:
+        """Write the values read from functions (shared, a scrape on another worker cannot call them)."""
+        if self._queue_depth is not None:
+            self.queue_depth.set(self._queue_depth())
 
     def exposition(self) -> bytes:
-        """The Prometheus text format of every series."""
+        """The Prometheus text format of every series (shared: every process's)."""
+        if self.multiprocess:
+            from prometheus_client.multiprocess import MultiProcessCollector
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)

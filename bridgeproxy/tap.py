@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Optional
 from twisted.application import service
 from twisted.internet import endpoints
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -331,6 +332,7 @@ class BridgeService(service.MultiService):
         self.listener = listener
         self.clock = clock if clock is not None else app.reactor
         self._store_retry: Any = None
+        self._refresh: Optional[LoopingCall] = None
         if listener is not None:
             listener.setServiceParent(self)
 
@@ -340,6 +342,11 @@ class BridgeService(service.MultiService):
         self.app.retention.start()
         if self.app.admission is not None:
             self.app.admission.start()
+        if self.app.metrics.multiprocess:
+            # A worker's gauges read from functions are written for the others' scrapes.
+            self._refresh = LoopingCall(self.app.metrics.refresh)
+            self._refresh.clock = self.clock
+            self._refresh.start(1.0)
         super().startService()
         # Create or migrate the schema now, so a bad database URL shows at start.
         self._reach_store(0)
@@ -376,6 +383,8 @@ class BridgeService(service.MultiService):
                      grace=self.app.config.shutdown_grace_seconds, count=len(self.app.bridge.in_flight))
             yield self.app.bridge.drain(self.app.config.shutdown_grace_seconds)
         self.app.retention.stop()
+        if self._refresh is not None and self._refresh.running:
+            self._refresh.stop()
         if self.app.admission is not None:
             yield self.app.admission.stop()
         yield self.app.recorder.stop()
@@ -492,7 +501,8 @@ def make_service(config: Config, reactor: Any, config_path: Optional[str] = None
             check(config, reactor)
         except ConfigError as e:
             raise SystemExit(f"bridgeproxy: {e}") from None
-        supervisor = Supervisor(reactor, config_path, config.workers, config.listen, log_format, dict(overrides or {}))
+        supervisor = Supervisor(reactor, config_path, config.workers, config.listen, log_format, dict(overrides or {}),
+                                share_metrics=True)
         top = service.MultiService()
         supervisor.setServiceParent(top)
         OnHangup(reactor, supervisor.reload).setServiceParent(top)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_workers,tests.test_startup -*-
+# -*- test-case-name: tests.test_workers,tests.test_startup,tests.test_workers_metrics -*-
 """
 Several reactor processes on one port (C{workers = N}).
 
@@ -9,15 +9,22 @@ runs the whole bridge; the kernel spreads new connections across them.  On
 SIGTERM the supervisor passes it on and waits for every worker to drain and
 exit.  On SIGHUP it replaces the workers one at a time with new ones that
 read the configuration file again (a rolling reload).
+
+The workers share a directory for their Prometheus series
+(C{PROMETHEUS_MULTIPROC_DIR}, L{bridgeproxy.metrics}), so that C{/metrics}
+on any of them reports them all; the supervisor makes it, tells
+prometheus_client when a worker exited, and removes it once all have.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from typing import Any, Optional
 
 from twisted.application import service
@@ -26,6 +33,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
 from bridgeproxy.errors import ConfigError
+from bridgeproxy.metrics import MULTIPROCESS_DIR
 
 log = Logger()
 
@@ -151,7 +159,7 @@ class Supervisor(service.Service):
     ready_timeout = 30.0
 
     def __init__(self, reactor: Any, config_path: Optional[str], count: int, listen: str,
-                 log_format: str = "text", overrides: Optional[dict[str, Any]] = None):
+                 log_format: str = "text", overrides: Optional[dict[str, Any]] = None, share_metrics: bool = False):
         self.reactor = reactor
         self.config_path = config_path
         self.count = count
@@ -166,9 +174,14 @@ class Supervisor(service.Service):
         self.restarts = 0
         self._reloading = False
         self._reload_again = False
+        #: Give the workers one directory for their Prometheus series (made at start, removed at the end).
+        self.share_metrics = share_metrics
+        self.metrics_dir: Optional[str] = None
 
     def startService(self) -> None:
         super().startService()
+        if self.share_metrics and self.metrics_dir is None:
+            self.metrics_dir = tempfile.mkdtemp(prefix="bridgeproxy-metrics-")
         for index in range(self.count):
             self.spawn(index)
 
@@ -178,7 +191,10 @@ class Supervisor(service.Service):
         if self.config_path:
             argv += ["--config", self.config_path]
         worker = _Worker(self, index)
-        self.reactor.spawnProcess(worker, sys.executable, argv, env=dict(os.environ),
+        env = dict(os.environ)
+        if self.metrics_dir is not None:
+            env[MULTIPROCESS_DIR] = self.metrics_dir
+        self.reactor.spawnProcess(worker, sys.executable, argv, env=env,
                                   childFDs={0: "w", 1: 1, 2: 2, READY_FD: "r"})
         return worker
 
@@ -193,6 +209,10 @@ class Supervisor(service.Service):
 
     def ended(self, worker: _Worker, reason: Any) -> None:
         self.starting.discard(worker)
+        if self.metrics_dir is not None and worker.pid is not None:
+            # Its gauges stop counting; its counters stay in the totals.
+            from prometheus_client.multiprocess import mark_process_dead
+            mark_process_dead(worker.pid, self.metrics_dir)
         if worker.retired:
             self.retiring.discard(worker)
             log.info("Worker {index} (pid {pid}) replaced by a reload has exited", index=worker.index,
@@ -287,7 +307,14 @@ class Supervisor(service.Service):
                 continue
             worker.terminate()
             waiting.append(worker.ended)
-        return DeferredList(waiting) if waiting else succeed(None)
+        done = DeferredList(waiting) if waiting else succeed(None)
+        return done.addCallback(self._remove_metrics)
+
+    def _remove_metrics(self, result: Any) -> Any:
+        if self.metrics_dir is not None:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            self.metrics_dir = None
+        return result
 
 
 def main(argv: Optional[list[str]] = None) -> None:

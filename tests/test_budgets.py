@@ -116,6 +116,7 @@ def test_periods_are_utc_calendar_days_weeks_and_months(when, period, first, end
 
 
 def test_period_names_are_checked():
+    """A period other than day, week or month is an error naming the three."""
     with pytest.raises(ValueError, match="day, week or month"):
         period_days("year", NOW)
 
@@ -124,16 +125,19 @@ def test_period_names_are_checked():
     ("25", 25_000_000), ("12.50", 12_500_000), ("0.000001", 1), (" 0 ", 0), ("1000000000", 10**15),
 ])
 def test_amounts_are_exact_micro_units(text, micros):
+    """Plain amounts become micro-units exactly, to the sixth decimal."""
     assert parse_amount(text) == micros
 
 
 @pytest.mark.parametrize("text", ["1e3", "-1", "NaN", "inf", "0.0000001", "1000000000.01", "", "12,50", "$5"])
 def test_amounts_that_are_not_plain_are_refused(text):
+    """Exponents, signs, NaN, a seventh decimal, more than a billion and words are refused."""
     with pytest.raises(ValueError):
         parse_amount(text)
 
 
 def test_money_shows_six_decimals():
+    """Micro-units print as the currency to six decimals, a sign only when negative."""
     assert (money(0), money(1), money(12_500_000), money(-1_500_000)) == ("0.000000", "0.000001", "12.500000",
                                                                            "-1.500000")
 
@@ -267,6 +271,7 @@ def test_the_default_budget_applies_to_users_without_their_own():
 
 
 def test_a_budget_of_their_own_beats_the_default():
+    """A user's own budget applies instead of a default of 0 that would block them."""
     body = chat_body()
     g, _, _ = budgeted({"budgets": {"default_amount": 0}}, budgets={USER_ID: (10**9, "month")})
     g.upstream.handler = chat_answer()
@@ -344,6 +349,7 @@ def test_a_store_that_fails_refuses_budgeted_requests_with_503():
 
 
 def test_fail_open_forwards_when_the_store_fails():
+    """With fail_open, a budgeted request is forwarded unchecked while the store fails, and counted."""
     g, store, _ = budgeted({"budgets": {"fail_open": True}}, budgets={USER_ID: (0, "month")})
     g.upstream.handler = chat_answer()
     store.failing = sqlite3.OperationalError("database is locked")

@@ -91,6 +91,7 @@ def test_set_replaces_and_remove_falls_back_to_the_default(config):
 
 
 def test_a_user_without_any_budget_is_not_limited(config, capsys):
+    """Without a budget of their own or a default, show says the user is not limited, and remove says so after."""
     store(config).ensure_user("alice", ALICE_ID)
     assert run("budgets", "show", "alice", "--config", config) == (
         0, f"alice ({ALICE_ID}) has no budget: not limited\n")
@@ -139,6 +140,7 @@ def test_list_shows_own_budgets_then_default_spenders(config):
     (["budgets", "set", " ", "--amount", "1"], "budgets set: argument user: must not be empty"),
 ])
 def test_bad_command_lines_are_one_line_and_status_2(config, capsys, argv, message):
+    """A wrong amount, period or user is one line on stderr, status 2, and nothing is stored."""
     with pytest.raises(cli.CommandLineError) as caught:
         cli.main(argv + ["--config", config], io.StringIO())
     assert caught.value.code == 2

@@ -8,25 +8,20 @@ through C{workers = 2} on one SQLite file.
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import signal
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, threads
-from twisted.web import server
+from twisted.internet import defer
 
-from bridgeproxy import cli
 from bridgeproxy.budgets import money, worst_case
 from bridgeproxy.prices import SHIPPED
 from bridgeproxy.store import Database
 from bridgeproxy.store.budgets import set_budget
-from tests import fakes
+from tests import fakes, gateways
 from tests.http import call
 from tests.pg import drop_pg_schema, pg_schema
-from tests.procs import free_port, spawn_twistd, wait_for_port
 
 GPT_4O = SHIPPED["openai"]["gpt-4o"]
 #: The request every test sends, byte for byte: its worst case is known exactly.
@@ -110,89 +105,40 @@ REQUESTS = 200
 WORTH = 50
 
 
-def bridge_config(tmp_path, name: str, port: int, database: str, upstream_url: str, extra: str = "") -> str:
-    path = tmp_path / f"{name}.toml"
-    path.write_text(f"""
-listen = "tcp:{port}:interface=127.0.0.1"
-database = "{database}"
-{extra}
-[providers.openai]
-base_url = "{upstream_url}/v1"
-key_env = "T_OPENAI_KEY"
-[recording]
-spool_path = "{tmp_path / (name + '-spool.jsonl')}"
-flush_interval = 0.05
-[upstream]
-timeout = 60
-""")
-    return str(path)
-
-
-def sleep(seconds):
-    d = defer.Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d
-
-
-@defer.inlineCallbacks
-def many_at_once(agent, ports, token):
-    """REQUESTS requests at once, spread over C{ports}: their statuses and bodies."""
-    pending = [call(agent, "POST", f"http://127.0.0.1:{ports[i % len(ports)]}/openai/v1/chat/completions", BODY,
-                    {"Authorization": f"Bearer {token}"}) for i in range(REQUESTS)]
-    results = yield defer.gatherResults(pending)
-    return [(response.code, body) for response, body in results]
-
-
 @defer.inlineCallbacks
 def run_bridges(tmp_path, agent, database: str, processes: int, workers: int):
     """
-    Start C{processes} twistd bridges (each with C{workers}) on C{database}
-    in front of a fake provider; send the burst; stop them (which writes
-    every record); return the answers, the store's recorded costs and its
-    budget ledger.
+    Start C{processes} twistd bridges (each with C{workers}) on C{database};
+    send the burst; stop them (which writes every record); return the
+    answers, the recorded costs and refusals, the budget's ledger, the
+    holds left and how many requests the provider saw.
     """
-    upstream = fakes.FakeUpstream()
-    upstream.handler = costs_its_worst_case
-    site = server.Site(upstream)
-    site.log = lambda request: None
-    up_port = reactor.listenTCP(0, site, interface="127.0.0.1", backlog=1024)
-    up_url = f"http://127.0.0.1:{up_port.getHost().port}"
-    ports = [free_port() for _ in range(processes)]
-    configs = [bridge_config(tmp_path, f"bridge{i}", port, database, up_url,
-                             f"workers = {workers}" if workers > 1 else "") for i, port in enumerate(ports)]
-    out = io.StringIO()
-    assert cli.main(["keys", "create", "--config", configs[0], "--username", "alice"], out) == 0
-    token = out.getvalue().strip()
-    db = Database(database)
-    user_id = db.identify(token).user_id
-    set_budget(db, user_id, WORTH * WORST, "day", "alice")
-    db.close()
-    procs = [spawn_twistd(config, ["--logfile", str(tmp_path / f"twistd{i}.log"), "bridgeproxy", "--config", config])
-             for i, config in enumerate(configs)]
+    keys = {}
+
+    def budget(gateway):
+        keys["token"] = token = gateway.key("alice")
+        keys["user_id"] = user_id = gateway.user_id(token)
+        db = Database(database)
+        set_budget(db, user_id, WORTH * WORST, "day", "alice")
+        db.close()
+    gateway = yield gateways.start(tmp_path, database, costs_its_worst_case, processes, workers, before=budget)
     try:
-        for port, proc in zip(ports, procs):
-            yield threads.deferToThread(wait_for_port, port, proc)
-        if workers > 1:
-            yield sleep(2.0)  # every worker serving, not only the first to bind
-        answers = yield many_at_once(agent, ports, token)
+        answers = yield gateways.at_once(agent, gateway, REQUESTS, BODY, keys["token"])
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            yield threads.deferToThread(proc.wait, 60)
-        yield up_port.stopListening()
+        yield gateway.stop()
     db = Database(database)
     try:
-        costs = [r["cost_micros"] for r in db.interceptions(limit=1000) if r["status"] == "ok"]
-        refused = [r for r in db.interceptions(limit=1000) if r["status"] == "refused"]
+        rows = db.interceptions(limit=1000)
+        costs = [r["cost_micros"] for r in rows if r["status"] == "ok"]
+        refused = [r for r in rows if r["status"] == "refused"]
         ledger = db.execute("SELECT COALESCE(SUM(spent_micros), 0) FROM budget_spend WHERE user_id = ?",
-                            (user_id,))[0][0]
+                            (keys["user_id"],))[0][0]
         holds = db.execute("SELECT COUNT(*) FROM budget_holds")[0][0]
     finally:
         db.close()
-    logs = "".join((tmp_path / f"twistd{i}.log").read_text() for i in range(processes))
-    assert token not in logs and "Traceback" not in logs
-    return answers, costs, refused, int(ledger), holds, len(upstream.requests)
+    logs = gateway.log_text()
+    assert keys["token"] not in logs and "Traceback" not in logs
+    return answers, costs, refused, int(ledger), holds, len(gateway.upstream.requests)
 
 
 def check_burst(answers, costs, refused, ledger, holds, forwarded, processes):

@@ -49,7 +49,7 @@ def assert_one_line(code, out, err, expected):
     ("[auth]\nallow_byok = 'yes'\n", [], "bridgeproxy: auth.allow_byok must be bool, got str"),
     ("[limits]\nmax_concurency = 3\n", [],
      "bridgeproxy: unknown key 'limits.max_concurency' (known keys here: max_concurrency, "
-     "per_initiator_burst, per_initiator_rps)"),
+     "per_initiator_burst, per_initiator_rps, shared)"),
     ("", ["--workers", "none"], "bridgeproxy: --workers must be a whole number of 1 or more"),
     ('[auth]\nextractors = ["no-such"]\n', [],
      "bridgeproxy: auth.extractors: no IAuthExtractor plugin is called 'no-such' "

@@ -1,25 +1,37 @@
-# -*- test-case-name: tests.test_budgets,tests.test_e2e_budgets -*-
+# -*- test-case-name: tests.test_budgets,tests.test_shared_limits,tests.test_e2e_budgets -*-
 """
 The checks that need the store, made before a request is forwarded and
-settled after it ended: the user's budget (L{bridgeproxy.budgets}).
+settled after it ended: the user's budget (L{bridgeproxy.budgets}), and
+the C{[limits]} when they are counted for the whole gateway
+(L{bridgeproxy.store.limits}: every worker and every instance on the same
+database).
 
-One store round trip admits a request (on the store's thread: the reactor
-never waits for it) and one settles it; settlements made while another is
-being written go together in the next transaction.  A request that no
-budget applies to (a passthrough request; one sent with the client's own
-provider key; one of a user with no budget of their own when there is no
-default) does not touch the store at all: the users
-with a budget of their own are read from the store at start and every
-L{KEEP_EVERY} seconds, so a budget given to a user takes effect within
-that time, and one removed at once.
+A request is admitted in one call on the store's thread (the reactor never
+waits for it): requests in flight, then the initiator's rate, then the
+budget, in the order the limits are checked in one process.  When it ends
+it is settled (its hold replaced by its cost, its slot given back).  The
+admissions and settlements that arrive while the store's thread is busy go
+together in its next call, in one transaction (on PostgreSQL, when no
+budget is involved, as single statements each atomic on its own), so that
+under load a request costs the store a few statements, not a thread hop
+and a transaction of its own.
 
-Every L{KEEP_EVERY} seconds this process also renews its holds (a process
-that dies leaves holds that stop counting after C{[budgets] hold_seconds})
-and retries settlements the store did not take.
+A request that nothing here applies to does not touch the store at all: no
+budget applies to a passthrough request, to one sent with the client's own
+provider key, or to one of a user with no budget of their own when there
+is no default.  The users with a budget of their own are read from the
+store at start and every L{KEEP_EVERY} seconds, so a budget given to a
+user takes effect within that time, and one removed at once.
+
+Every L{KEEP_EVERY} seconds this process also renews its holds and its
+count of requests in flight (a process that dies leaves rows that stop
+counting after C{[budgets] hold_seconds}) and retries settlements the store
+did not take.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 from uuid import uuid4
@@ -31,9 +43,11 @@ from twisted.python.failure import Failure
 
 from bridgeproxy.budgets import BudgetUnavailable, default_budget, refusal, worst_case
 from bridgeproxy.errors import BridgeError
+from bridgeproxy.proxy.limits import Limits, overloaded, rate_limited
 from bridgeproxy.store.budgets import (
     Held, Settlement, budget_user_ids, day_number, exclusive, hold, keep, settle, user_lock,
 )
+from bridgeproxy.store.limits import keep_slots, prune_buckets, release_slots, take_slot, take_token
 
 #: Seconds between renewals of this process's holds (and refreshes of who has a budget).
 KEEP_EVERY = 5.0
@@ -41,12 +55,38 @@ KEEP_EVERY = 5.0
 
 @dataclass(frozen=True)
 class Ticket:
-    """An admitted request's place in the store, until it is settled."""
+    """
+    An admitted request's place in the store, until it is settled: its
+    budget hold (C{user_id} L{None}: no budget applied) and whether it took
+    one of the gateway's slots for requests in flight.
+    """
+
+    hold_id: str
+    user_id: Optional[str]
+    username: Optional[str]
+    day: int
+    slot: bool
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the store said: a refusal (C{overloaded}, C{wait} for the rate, a budget not held) or a go."""
+
+    overloaded: bool = False
+    wait: float = 0.0
+    held: Optional[Held] = None
+    slot: bool = False
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One request to admit: who, whether its budget applies and its worst case, and when."""
 
     hold_id: str
     user_id: str
-    username: Optional[str]
-    day: int
+    budgeted: bool
+    cost: int
+    now: float
 
 
 class Admission:
@@ -54,8 +94,8 @@ class Admission:
     Admits requests against the store and settles them.
 
     @param store: an L{bridgeproxy.store.AsyncStore} (anything with its C{run}).
-    @param clock: an L{IReactorTime}: periods, holds and renewals go by it.
-    @param holder: this process's name on its holds (a new random one by default).
+    @param clock: an L{IReactorTime}: periods, holds, buckets and renewals go by it.
+    @param holder: this process's name on its rows (a new random one by default).
     """
 
     log = Logger()
@@ -68,121 +108,210 @@ class Admission:
         self.holder = holder or uuid4().hex
         #: Users with a budget of their own; L{None} until read (then every request asks the store).
         self.budget_users: Optional[frozenset[str]] = None
+        self._asks: list[tuple[Ask, Deferred]] = []
         self._queue: list[Settlement] = []
-        self._settling: Optional[Deferred] = None
+        self._slots_done = 0
+        self._running: Optional[Deferred] = None
         self._failing = False
+        self._store_down = False
         self._loop: Optional[LoopingCall] = None
-        self.reconfigure(config, prices)
+        self.reconfigure(config, prices, None)
 
-    def reconfigure(self, config: Any, prices: Any) -> None:
-        """Use a new configuration's C{[budgets]} and price table (a reload)."""
+    def reconfigure(self, config: Any, prices: Any, limits: Optional[Limits]) -> None:
+        """
+        Use a new configuration's C{[budgets]}, price table and limits (a
+        reload).  C{limits} is the pipeline's L{Limits}: counted in the
+        store when it says C{in_store}, and here when the store cannot be
+        asked.
+        """
         self.config = config.budgets
         self.default = default_budget(config.budgets)
         self.prices = prices
+        self.limits = limits
+        shared = limits is not None and limits.in_store
+        #: The gateway's limits counted here: C{max_concurrency}, and C{(rate, burst)} (or 0 and L{None}).
+        self.slots = config.limits.max_concurrency if shared else 0
+        self.rate = (config.limits.per_initiator_rps, float(limits.burst)) if (
+            shared and limits is not None and config.limits.per_initiator_rps) else None
 
     # -- admission ---------------------------------------------------------------------
 
+    def _budgeted(self, ex: Any) -> bool:
+        if not ex.route or ex.credential_kind != "centralized":
+            return False  # a passthrough request costs nothing; one with the client's own key costs us nothing
+        users = self.budget_users
+        return self.default is not None or users is None or ex.initiator.user_id in users
+
     def admit(self, ex: Any) -> Optional[Deferred]:
         """
-        Check C{ex} (initiator resolved, body read) against its user's
-        budget and hold its worst case.
+        Check C{ex} (initiator resolved, upstream request made) against the
+        gateway's limits and its user's budget, and hold its worst case.
 
-        @return: L{None} when nothing applies to it (go on at once), else a
-            L{Deferred} that fires when it may go on, or fails with the
-            L{BridgeError} that refuses it.
+        @return: L{None} when nothing here applies to it (go on at once),
+            else a L{Deferred} that fires when it may go on, or fails with
+            the L{BridgeError} that refuses it.
         """
-        if not ex.route or ex.credential_kind != "centralized":
-            return None  # a passthrough request costs nothing; one with the client's own key costs the gateway nothing
-        user_id = ex.initiator.user_id
-        if self.default is None and self.budget_users is not None and user_id not in self.budget_users:
+        budgeted = self._budgeted(ex)
+        if not (budgeted or self.slots or self.rate):
             return None
-        provider = ex.entry.name
-        model = (ex.parsed or {}).get("model")
-        price = self.prices.price(provider, model if isinstance(model, str) else None)
-        if price is None:
-            cost = 0
-            self.metrics.budget_unpriced.labels(provider, self.metrics.model_label(
-                model if isinstance(model, str) else None)).inc()
-        else:
-            cost = worst_case(price, len(ex.body), ex.parsed, self.config.assumed_max_tokens)
-        now = self.clock.seconds()
-        default, holder, expires_at = self.default, self.holder, now + self.config.hold_seconds
-
-        def work(db: Any) -> Held:
-            return exclusive(db, [user_lock(user_id)], lambda db: hold(
-                db, user_id=user_id, default=default, cost_micros=cost, hold_id=ex.id, holder=holder, now=now,
-                expires_at=expires_at))
-        d = self.store.run(work)
-        d.addCallbacks(self._decided, self._unavailable, callbackArgs=(ex, cost, now), errbackArgs=(ex,))
+        cost = self._worst_case(ex) if budgeted else 0
+        ask = Ask(ex.id, ex.initiator.user_id, budgeted, cost, self.clock.seconds())
+        d: Deferred = Deferred()
+        d.addCallbacks(self._decided, self._unavailable, callbackArgs=(ex, ask), errbackArgs=(ex, budgeted))
+        self._asks.append((ask, d))
+        self._flush()
         return d
 
-    def _decided(self, held: Held, ex: Any, cost: int, now: float) -> None:
+    def _worst_case(self, ex: Any) -> int:
+        """What C{ex} may cost at most; 0 (and counted) when its model has no price."""
+        provider = ex.entry.name
+        model = (ex.parsed or {}).get("model")
+        model = model if isinstance(model, str) else None
+        price = self.prices.price(provider, model)
+        if price is None:
+            self.metrics.budget_unpriced.labels(provider, self.metrics.model_label(model)).inc()
+            return 0
+        return worst_case(price, len(ex.body), ex.parsed, self.config.assumed_max_tokens)
+
+    def _decided(self, verdict: Verdict, ex: Any, ask: Ask) -> None:
+        self._store_down = False
+        cost, now = ask.cost, ask.now
         self.metrics.admission_latency.observe(self.clock.seconds() - now)
-        if not held.held:
+        if verdict.overloaded:
+            raise overloaded()
+        if verdict.wait:
+            raise rate_limited(verdict.wait)
+        held = verdict.held
+        if held is not None and not held.held:
             assert held.standing is not None
             self.metrics.budget_refusals.labels(held.standing.budget.period).inc()
             raise refusal(held.standing, cost, now, ex.initiator.username)
-        if held.standing is not None:
-            ex.admitted = Ticket(ex.id, ex.initiator.user_id, ex.initiator.username, day_number(now))
+        budget = held is not None and held.standing is not None
+        if budget or verdict.slot:
+            ex.admitted = Ticket(ex.id, ex.initiator.user_id if budget else None, ex.initiator.username,
+                                 day_number(now), verdict.slot)
 
-    def _unavailable(self, failure: Failure, ex: Any) -> Optional[Failure]:
+    def _unavailable(self, failure: Failure, ex: Any, budgeted: bool) -> Optional[Failure]:
         if failure.check(BridgeError):
             return failure
         describe = getattr(self.store, "describe", None)
         reason = describe(failure.value) if describe is not None else failure.getErrorMessage()
-        if self.config.fail_open:
-            self.log.warn("Budget of {user} not checked, the store failed ({reason}); forwarding {id} (fail_open)",
+        if budgeted and not self.config.fail_open:
+            self.log.warn("Budget of {user} not checked, the store failed ({reason}); refusing {id}",
                           user=ex.initiator.user_id, reason=reason, id=ex.id)
+            raise BudgetUnavailable("The gateway cannot check this user's budget right now; retry shortly.",
+                                    headers={"Retry-After": "5"})
+        if not self._store_down:  # once per outage, not once per request
+            self.log.warn("Store failed ({reason}) admitting {id}: until it answers, limits are counted in this "
+                          "process and budgets are not checked", reason=reason, id=ex.id)
+        self._store_down = True
+        self.metrics.inc("admission_unchecked")
+        if budgeted:
             self.metrics.inc("budget_unchecked")
-            return None
-        self.log.warn("Budget of {user} not checked, the store failed ({reason}); refusing {id}",
-                      user=ex.initiator.user_id, reason=reason, id=ex.id)
-        raise BudgetUnavailable("The gateway cannot check this user's budget right now; retry shortly.",
-                                headers={"Retry-After": "5"})
+        if self.rate is not None and self.limits is not None:
+            self.limits.check_rate(ex.initiator.user_id, here=True)
+        return None
 
     # -- settlement ----------------------------------------------------------------------
 
     def finish(self, ex: Any, cost_micros: Optional[int]) -> None:
         """
         C{ex} ended, having cost C{cost_micros} (L{None}: nothing known):
-        replace its hold by that cost.  Never blocks, never raises.
+        replace its hold by that cost, give its slot back.  Never blocks,
+        never raises.
         """
         ticket, ex.admitted = ex.admitted, None
         if ticket is None:
             return
-        self._queue.append(Settlement(ticket.hold_id, ticket.user_id, ticket.username, ticket.day,
-                                      cost_micros or 0))
+        if ticket.user_id is not None:
+            self._queue.append(Settlement(ticket.hold_id, ticket.user_id, ticket.username, ticket.day,
+                                          cost_micros or 0))
+        if ticket.slot:
+            self._slots_done += 1
         if not self._failing:
-            self._settle()
+            self._flush()
 
-    def _settle(self) -> Deferred:
-        if self._settling is not None:
-            return self._settling
-        if not self._queue:
+    # -- the store's calls ---------------------------------------------------------------------
+
+    def _flush(self) -> Deferred:
+        """
+        Unless a call is under way (its end starts the next), hand the store
+        everything waiting: the settlements, then the admissions.  After a
+        failure, settlements alone wait for the next renewal.
+        """
+        if self._running is not None:
+            return self._running
+        asks, self._asks = self._asks, []
+        if not asks and (self._failing or not (self._queue or self._slots_done)):
             return succeed(None)
         batch, self._queue = self._queue, []
-        d = self._settling = self.store.run(lambda db: exclusive(db, (), lambda db: settle(db, batch)))
+        released, self._slots_done = self._slots_done, 0
+        slots, rate, default, holder = self.slots, self.rate, self.default, self.holder
+        hold_seconds = self.config.hold_seconds
 
-        def done(_: Any) -> Any:
-            self._settling = None
+        def admit(db: Any, ask: Ask) -> Verdict:
+            expires_at = ask.now + hold_seconds
+            if slots and not take_slot(db, holder, slots, expires_at):
+                return Verdict(overloaded=True)
+            if rate is not None:
+                wait = take_token(db, ask.user_id, rate[0], rate[1], ask.now)
+                if wait:
+                    if slots:
+                        release_slots(db, holder, 1)
+                    return Verdict(wait=wait)
+            held = None
+            if ask.budgeted:
+                held = hold(db, user_id=ask.user_id, default=default, cost_micros=ask.cost, hold_id=ask.hold_id,
+                            holder=holder, now=ask.now, expires_at=expires_at)
+                if not held.held:
+                    if slots:
+                        release_slots(db, holder, 1)
+                    return Verdict(held=held)
+            return Verdict(held=held, slot=bool(slots))
+
+        def everything(db: Any) -> list[Verdict]:
+            if batch:
+                settle(db, batch)
+            if released:
+                release_slots(db, holder, released)
+            return [admit(db, ask) for ask, _ in asks]
+
+        def work(db: Any) -> list[Verdict]:
+            budgeted = [ask.user_id for ask, _ in asks if ask.budgeted]
+            if db.dialect == "postgresql" and not budgeted and not batch:
+                # Each limit is one statement, atomic on its own: no transaction, no lock, fewer round trips.
+                return everything(db)
+            return exclusive(db, [user_lock(user_id) for user_id in budgeted], everything)
+        d = self._running = self.store.run(work)
+
+        def done(verdicts: list[Verdict]) -> None:
+            self._running = None
             self._failing = False
-            return self._settle() if self._queue else None
+            for (_, waiting), verdict in zip(asks, verdicts):
+                waiting.callback(verdict)
+            self._flush()
 
         def failed(failure: Failure) -> None:
-            self._settling = None
-            self._failing = True  # retried at the next renewal, not at once
+            self._running = None
+            self._failing = True  # settlements are retried at the next renewal, or with the next admission
             self._queue[:0] = batch
-            describe = getattr(self.store, "describe", None)
-            self.log.warn("Cannot settle {count} budget holds ({reason}); retrying in {delay:g} s",
-                          count=len(self._queue), reason=describe(failure.value) if describe else
-                          failure.getErrorMessage(), delay=KEEP_EVERY)
+            self._slots_done += released
+            if batch or released:
+                describe = getattr(self.store, "describe", None)
+                self.log.warn("Cannot settle {count} admissions ({reason}); retrying in {delay:g} s",
+                              count=len(self._queue) + self._slots_done, reason=describe(failure.value) if describe
+                              else failure.getErrorMessage(), delay=KEEP_EVERY)
+            for _, waiting in asks:
+                waiting.errback(failure)
+            if self._asks:
+                self._flush()
         d.addCallbacks(done, failed)
         return d
 
     # -- upkeep ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Read who has a budget, then renew this process's holds every L{KEEP_EVERY} seconds."""
+        """Read who has a budget, then renew this process's rows every L{KEEP_EVERY} seconds."""
         if self._loop is None:
             self._loop = LoopingCall(self._tick)
             self._loop.clock = self.clock
@@ -191,20 +320,31 @@ class Admission:
     def _tick(self) -> Deferred:
         now = self.clock.seconds()
         holder, expires_at = self.holder, now + self.config.hold_seconds
+        # A bucket idle long enough to be full again is the same as none.
+        idle = math.ceil(self.rate[1] / self.rate[0]) + KEEP_EVERY if self.rate is not None else None
+
+        slots = self.slots
+
+        def upkeep(db: Any) -> None:
+            if slots:
+                keep_slots(db, holder, now, expires_at)
+            keep(db, holder, now, expires_at)
+            if idle is not None:
+                prune_buckets(db, now - idle)
 
         def work(db: Any) -> frozenset[str]:
-            exclusive(db, (), lambda db: keep(db, holder, now, expires_at))
+            exclusive(db, (), upkeep)
             return budget_user_ids(db)
         d = self.store.run(work)
 
         def refreshed(users: frozenset[str]) -> Deferred:
             self.budget_users = users
             self._failing = False
-            return self._settle()
+            return self._flush()
 
         def failed(failure: Failure) -> None:
             describe = getattr(self.store, "describe", None)
-            self.log.warn("Cannot renew budget holds ({reason})",
+            self.log.warn("Cannot renew this process's budget holds and slots ({reason})",
                           reason=describe(failure.value) if describe else failure.getErrorMessage())
         return d.addCallbacks(refreshed, failed)
 
@@ -214,8 +354,8 @@ class Admission:
             self._loop.stop()
         self._loop = None
         self._failing = False
-        pending = self._settling if self._settling is not None else succeed(None)
+        pending = self._running if self._running is not None else succeed(None)
 
         def last(_: Any) -> Deferred:
-            return self._settle()
+            return self._flush()
         return pending.addCallback(last).addErrback(lambda failure: None)

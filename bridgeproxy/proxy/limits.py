@@ -1,7 +1,9 @@
-# -*- test-case-name: tests.test_pipeline,tests.test_limits -*-
+# -*- test-case-name: tests.test_pipeline,tests.test_limits,tests.test_shared_limits -*-
 """
 The limits an operator sets (C{[limits]}): requests in flight, and a request
-rate per initiator.
+rate per initiator, counted in this process.  Counted for the whole gateway
+(C{[limits] shared}), they are checked in the store instead, when a request
+is admitted (L{bridgeproxy.proxy.admission}, L{bridgeproxy.store.limits}).
 """
 
 from __future__ import annotations
@@ -41,14 +43,22 @@ class TokenBuckets:
 
 
 class Limits:
-    """The configured limits, checked by the pipeline."""
+    """
+    The configured limits, checked by the pipeline.
 
-    def __init__(self, config: LimitsConfig, clock: Any):
+    @param in_store: the rate is counted in the store for the whole gateway
+        (L{bridgeproxy.store.limits}): L{check_rate} then checks nothing,
+        unless told to count here (when the store cannot be asked).
+    """
+
+    def __init__(self, config: LimitsConfig, clock: Any, in_store: bool = False):
         self.config = config
+        self.in_store = in_store
         self.rate: Optional[TokenBuckets] = None
+        #: How many requests an initiator may make at once.
+        self.burst = config.per_initiator_burst or max(1, math.ceil(config.per_initiator_rps))
         if config.per_initiator_rps:
-            burst = config.per_initiator_burst or max(1, math.ceil(config.per_initiator_rps))
-            self.rate = TokenBuckets(clock, config.per_initiator_rps, burst)
+            self.rate = TokenBuckets(clock, config.per_initiator_rps, self.burst)
 
     def check_concurrency(self, in_flight: int) -> None:
         """
@@ -56,16 +66,25 @@ class Limits:
         """
         limit = self.config.max_concurrency
         if limit and in_flight > limit:
-            raise Overloaded("The gateway is at its concurrency limit; retry shortly.",
-                             headers={"Retry-After": "1"})
+            raise overloaded()
 
-    def check_rate(self, initiator_id: str) -> None:
+    def check_rate(self, initiator_id: str, here: bool = False) -> None:
         """
+        @param here: count in this process even when the rate is counted in the store.
         @raise RateLimited: when the initiator is over C{per_initiator_rps}, with C{Retry-After}.
         """
-        if self.rate is None:
+        if self.rate is None or (self.in_store and not here):
             return
         wait = self.rate.take(initiator_id)
         if wait:
-            raise RateLimited("Too many requests; slow down.",
-                              headers={"Retry-After": str(max(1, math.ceil(wait)))})
+            raise rate_limited(wait)
+
+
+def rate_limited(wait: float) -> RateLimited:
+    """The 429 for an initiator over its rate, who may try again in C{wait} seconds."""
+    return RateLimited("Too many requests; slow down.", headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+
+def overloaded() -> Overloaded:
+    """The 503 for a request beyond C{max_concurrency}."""
+    return Overloaded("The gateway is at its concurrency limit; retry shortly.", headers={"Retry-After": "1"})

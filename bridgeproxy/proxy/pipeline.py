@@ -3,9 +3,10 @@
 The request's way through the bridge, in one straight line:
 
 route -> extract credential -> detect client -> resolve initiator ->
-limits -> clean headers -> budget (held in the store) -> breaker -> forward
-(treq; retried while nothing was relayed) -> relay (+ tap for recording) ->
-record (and settle the budget hold).
+limits -> clean headers -> admission (the budget hold, and the limits
+counted for the whole gateway, in the store) -> breaker -> forward (treq;
+retried while nothing was relayed) -> relay (+ tap for recording) -> record
+(and settle the admission).
 
 The resource tree (L{bridgeproxy.proxy.resource}) finds the provider and
 hands the request here; each arrow is one call into one module.
@@ -91,7 +92,8 @@ class Bridge:
     @param clock: an L{IReactorTime}.
     @param recorder: anything with C{record(Interception)}.
     @param admission: the checks made in the store before forwarding (a
-        L{bridgeproxy.proxy.admission.Admission}: budgets), or L{None}.
+        L{bridgeproxy.proxy.admission.Admission}: budgets, and the limits
+        when they are counted for the whole gateway), or L{None}.
     """
 
     log = Logger()
@@ -130,7 +132,8 @@ class Bridge:
         by_prefix = {name.encode("ascii"): entry for name, entry in providers.items()}
         for entry in by_prefix.values():
             _ = entry.passthrough  # parsed now: a bad rule fails the reload, not a request
-        limits = self.limits if old is not None and old.limits == config.limits else Limits(config.limits, self.clock)
+        limits = self.limits if old is not None and old.limits == config.limits else Limits(
+            config.limits, self.clock, in_store=self.admission is not None and config.limits.counted_in_store(config))
         prices = table_for(config)
         breakers = self.breakers if old is not None and old.breaker == config.breaker else Breakers(
             config.breaker, self.clock, self._breaker_changed)
@@ -146,7 +149,7 @@ class Bridge:
         self.breakers = breakers
         self.retries = Retries(config.retries, self.clock)
         if self.admission is not None:
-            self.admission.reconfigure(config, prices)
+            self.admission.reconfigure(config, prices, limits)
         for name in providers:
             breaker = breakers.get(name)
             if breaker is not None:

@@ -359,6 +359,22 @@ MIGRATIONS: list[list[Union[str, PerDialect]]] = [
         "CREATE INDEX budget_holds_user ON budget_holds (user_id, day)",
         "CREATE INDEX budget_holds_holder ON budget_holds (holder)",
     ],
+    # 7: [limits] counted for the whole gateway: a token bucket per initiator, and the
+    # requests in flight: the gateway's total, and each process's (a row that counts until expires_at)
+    [
+        """CREATE TABLE limit_buckets (
+            key TEXT PRIMARY KEY,
+            tokens DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE limit_slots (
+            holder TEXT PRIMARY KEY,
+            in_flight INTEGER NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+        # The gateway's total (holder ''): it never expires.
+        "INSERT INTO limit_slots (holder, in_flight, expires_at) VALUES ('', 0, 1e18)",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)
