@@ -228,7 +228,7 @@ def _interceptions_page(ui: "Dashboard", page: Any, labels: dict, given: dict, c
             short(r["input_tokens"]), short(r["output_tokens"]),
             short(r["cache_read_tokens"] + r["cache_write_tokens"]), cost(r.get("cost_micros")),
             f"{count(r['duration_ms'])} ms",
-            tags.td(text(prompt[:160]), class_="prompt", title=text(prompt[:400])),
+            tags.td(tags.span(text(prompt[:160]), class_="clip"), class_="prompt", title=text(prompt[:400])),
         ])
     query = {name: value for name, value in given.items() if value}
     pager = [tags.a("Newest", href=url("/ui/interceptions", **query))] if cursor is not None else []
@@ -243,7 +243,8 @@ def _interceptions_page(ui: "Dashboard", page: Any, labels: dict, given: dict, c
                                                                         page.next_cursor else ""), class_="note")
     content = [form, note,
                table(["started (UTC)", "user", "client", "provider", "model", "status", "in", "out", "cache",
-                      "cost", "duration", "prompt"], rows, numeric=(6, 7, 8, 9, 10), id="interceptions")
+                      "cost", "duration", "prompt"], rows, numeric=(6, 7, 8, 9, 10), id="interceptions",
+                     class_="rows")
                if rows else tags.p("No interceptions match.", class_="muted", id="no-interceptions"),
                tags.div(pager, class_="pager")]
     return Reply(title="Interceptions", content=content, current="/ui/interceptions")
@@ -377,7 +378,7 @@ def _sessions_page(found: Any, labels: dict, name: str, user: Optional[str], cli
                                     "Coder Agents), most recently active first.", class_="muted"),
                tags.figure(picture, class_="chart") if rows else "",
                table(["session", "client", "user", "requests", "tokens", "cost", "errors", "first (UTC)",
-                      "last (UTC)", "span"], body, numeric=(3, 4, 5, 6), id="sessions")
+                      "last (UTC)", "span"], body, numeric=(3, 4, 5, 6), id="sessions", class_="rows")
                if body else tags.p("No client sessions in this range.", class_="muted"),
                tags.div(pager, class_="pager")]
     return Reply(title="Sessions", content=content, current="/ui/sessions")
@@ -422,12 +423,13 @@ def _session_page(found: Optional[dict]) -> Any:
              text(r.get("model") or "—"), text(r["route"]), status_badge(r["status"], r.get("upstream_status")),
              str(len(r.get("tool_calls") or [])), short(r["input_tokens"]), short(r["output_tokens"]),
              f"{count(r['duration_ms'])} ms",
-             tags.td(text((r.get("prompt") or "").replace("\n", " ")[:120]), class_="prompt")] for r in records]
+             tags.td(tags.span(text((r.get("prompt") or "").replace("\n", " ")[:120]), class_="clip"),
+                     class_="prompt")] for r in records]
     more = tags.p(f"Showing the first {len(records)} requests.", class_="muted") \
         if len(records) < found["requests"] else ""
     content = [summary, tags.figure(picture, class_="chart"), more,
                table(["started (UTC)", "model", "route", "status", "tools", "in", "out", "duration", "prompt"],
-                     body, numeric=(4, 5, 6, 7), id="session-interceptions")]
+                     body, numeric=(4, 5, 6, 7), id="session-interceptions", class_="rows")]
     return Reply(title=f"Session {found['session_id'][:60]}", content=content, current="/ui/sessions")
 
 
