@@ -20,6 +20,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from bridgeproxy.auth import extract_credential
+from bridgeproxy.budgets import report
+from bridgeproxy.store.budgets import find_user
 from bridgeproxy.values import parse_since
 from bridgeproxy.errors import AuthenticationFailed, BadRequest, BridgeError, NotFound, PermissionDenied
 from bridgeproxy.proxy.errors import write_error
@@ -128,13 +130,14 @@ class BridgeAPI:
     What the bridge's own endpoints need (the key chain, the identity
     backend, the store, the recorder, the providers), and their answers:
     C{/healthz}, C{/readyz}, C{/metrics}, C{/api/v1/interceptions},
-    C{/api/v1/usage}.  L{ApiResource} and the root resource route to them.
+    C{/api/v1/usage}, C{/api/v1/budgets}.  L{ApiResource} and the root
+    resource route to them.
     """
 
     log = Logger()
 
     def __init__(self, *, extractors: Any, identity: Any, store: Any, recorder: Any, providers: Any,
-                 metrics: Any = None, clock: Any = None):
+                 metrics: Any = None, clock: Any = None, admission: Any = None):
         self.extractors = extractors
         self.identity = identity
         self.store = store
@@ -144,6 +147,8 @@ class BridgeAPI:
         self.metrics = metrics
         #: What "now" is for the overview's ranges (an L{IReactorTime}; the wall clock by default).
         self.clock = clock if clock is not None else _WallClock()
+        #: The budgets' settings (its C{default}) and clock: a L{bridgeproxy.proxy.admission.Admission}.
+        self.admission = admission
 
     def health(self, request: Any) -> None:
         _json(request, 200, {"status": "ok", "pid": os.getpid()})
@@ -157,7 +162,7 @@ class BridgeAPI:
     def view(self, name: str, request: Any) -> None:
         """Answer C{/api/v1/<name>} for the caller the request's credential names."""
         views = {"interceptions": self._interceptions, "usage": self._usage, "overview": self._overview,
-                 "sessions": self._sessions, "users": self._users}
+                 "sessions": self._sessions, "users": self._users, "budgets": self._budgets}
         try:
             if name == "openapi.json" and not request.postpath:
                 from bridgeproxy.openapi import document
@@ -275,6 +280,20 @@ class BridgeAPI:
         client, since = _arg(request, "client"), _since(_arg(request, "since"))
         d = self.store.run(lambda db: db.usage(by=by, initiator=initiator, client=client, since=since))
         return d.addCallback(lambda rows: _json(request, 200, {"by": by, "data": rows}))
+
+    def _budgets(self, request: Any, initiator: Optional[str]) -> Deferred:
+        admission = self.admission
+        if admission is None:
+            raise NotFound("Budgets are not served here.")
+        default, now = admission.default, admission.clock.seconds()
+
+        def work(db: Any) -> Any:
+            if initiator is None:
+                return report(db, default, now)
+            user = find_user(db, initiator) or (initiator, None)
+            return report(db, default, now, user)
+        d = self.store.run(work)
+        return d.addCallback(lambda rows: _json(request, 200, {"data": rows}))
 
     def ready(self, request: Any) -> None:
         d = self.store.run(lambda db: db.ping())

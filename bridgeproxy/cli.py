@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_cli,tests.test_cli_commands,tests.test_coder -*-
 """
-The bridgeproxy command: keys, users, the database, what was recorded, and
-the AI proxy's certificate authority.
+The bridgeproxy command: keys, users, budgets, the database, what was
+recorded, and the AI proxy's certificate authority.
 
 Exit statuses: 0 when the command did its work; 1 when it could not (the
 configuration file cannot be read or is invalid, the store cannot be
@@ -23,11 +23,13 @@ from datetime import datetime, timezone
 from typing import Any, NoReturn, Optional, Sequence
 
 from bridgeproxy import __version__
+from bridgeproxy import budgets as budgeting
 from bridgeproxy.config import Config, load, parse
 from bridgeproxy.values import is_uuid4, parse_since
 from bridgeproxy.errors import ConfigError
 from bridgeproxy.prices import MICROS
 from bridgeproxy.store import Database, StoreError, mask_query_password, passwords
+from bridgeproxy.store import budgets as budget_store
 from bridgeproxy.store.database import by_columns
 
 #: The longest expiry C{keys create --expires-days} accepts (about 100 years).
@@ -327,6 +329,80 @@ def _money(micros: int) -> str:
     return f"{micros // MICROS}.{micros % MICROS:06d}"
 
 
+def _amount(value: str) -> int:
+    try:
+        return budgeting.parse_amount(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _budget_user(db: Database, ref: str) -> tuple[str, Optional[str]]:
+    """The user C{ref} names: one the store knows (by username or id), else a user id as such."""
+    found = budget_store.find_user(db, ref)
+    if found is not None:
+        return found
+    if is_uuid4(ref):
+        return ref, None
+    raise StoreError(f"no user {ref} (name a user the store knows, by username or id, or give a user id)")
+
+
+def budgets_set(args: argparse.Namespace, out: Any) -> int:
+    db = _db(args)
+    user_id, username = _budget_user(db, args.user)
+    budget_store.set_budget(db, user_id, args.amount, args.period, username)
+    out.write(f"budget of {username or user_id}: {budgeting.money(args.amount)} per {args.period}\n")
+    return 0
+
+
+def budgets_remove(args: argparse.Namespace, out: Any) -> int:
+    db = _db(args)
+    user_id, username = _budget_user(db, args.user)
+    if not budget_store.remove_budget(db, user_id):
+        sys.stderr.write(f"bridgeproxy: {username or user_id} has no budget of their own\n")
+        return 1
+    default = budgeting.default_budget(_config(args.config).budgets)
+    then = (f"the default of {budgeting.money(default.amount_micros)} per {default.period} applies"
+            if default is not None else "not limited")
+    out.write(f"removed the budget of {username or user_id}: {then}\n")
+    return 0
+
+
+def budgets_show(args: argparse.Namespace, out: Any) -> int:
+    db = _db(args)
+    user = _budget_user(db, args.user)
+    default = budgeting.default_budget(_config(args.config).budgets)
+    row = budgeting.report(db, default, time.time(), user)[0]
+    if args.json:
+        _json(row, out)
+        return 0
+    name = f"{row['username']} ({row['user_id']})" if row["username"] else row["user_id"]
+    if row["source"] is None:
+        out.write(f"{name} has no budget: not limited\n")
+        return 0
+    source = "own" if row["source"] == "own" else "the configuration's default"
+    for label, value in (("user", name),
+                         ("budget", f"{budgeting.money(row['amount_micros'])} per {row['period']} ({source})"),
+                         ("period", f"{row['period_start']} to {row['period_end']}"),
+                         ("spent", budgeting.money(row["spent_micros"])),
+                         ("held", budgeting.money(row["held_micros"]) + " (by requests in flight)"),
+                         ("left", budgeting.money(row["left_micros"]))):
+        out.write(f"{label:<8}{value}\n")
+    return 0
+
+
+def budgets_list(args: argparse.Namespace, out: Any) -> int:
+    default = budgeting.default_budget(_config(args.config).budgets)
+    rows = budgeting.report(_db(args), default, time.time())
+    if args.json:
+        _json(rows, out)
+        return 0
+    for row in rows:
+        for name in ("amount", "spent", "held", "left"):
+            row[name] = budgeting.money(row[f"{name}_micros"])
+    _table(rows, ("username", "user_id", "source", "amount", "period", "spent", "held", "left", "period_end"), out)
+    return 0
+
+
 def ca_create(args: argparse.Namespace, out: Any) -> int:
     from bridgeproxy.aiproxy.ca import create_ca
 
@@ -352,8 +428,8 @@ def _ca_days(value: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     top = _Parser(prog="bridgeproxy", description=(
-        "Manage bridgeproxy's bridge keys, users and store, read back what it recorded, and make the AI "
-        "proxy's CA. "
+        "Manage bridgeproxy's bridge keys, users, budgets and store, read back what it recorded, and make "
+        "the AI proxy's CA. "
         "Exit status: 0 done, 1 failed (configuration, store, no such key or user), "
         "2 bad command line."))
     top.add_argument("--version", action="version", version=f"bridgeproxy {__version__}")
@@ -425,6 +501,38 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=_since, help="ISO 8601 date or time (UTC unless it says otherwise)")
     p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     p.set_defaults(run=usage)
+
+    budgets = sub.add_parser("budgets", help="what users may spend",
+                             description="Set, show and list what users may spend per UTC day, week or month "
+                                         "(amounts in units of the price table's currency).")
+    budgets_sub = budgets.add_subparsers(dest="action", metavar="ACTION", required=True)
+    user_help = "username or user id (a user id the store does not know yet is taken as it is)"
+    p = budgets_sub.add_parser("set", parents=[common], help="give a user a budget of their own",
+                               description="Give a user a budget of their own, replacing any they had; it "
+                                           "overrides the configuration's default ([budgets] default_amount).")
+    p.add_argument("user", type=_user_ref, help=user_help)
+    p.add_argument("--amount", required=True, type=_amount, metavar="AMOUNT",
+                   help="what the user may spend per period, e.g. 25 or 12.50 (0 blocks the user)")
+    p.add_argument("--period", choices=budget_store.PERIODS, default="month",
+                   help="a UTC calendar day, week (Monday to Sunday) or month (default: month)")
+    p.set_defaults(run=budgets_set)
+    p = budgets_sub.add_parser("show", parents=[common], help="a user's budget, spend and what is left",
+                               description="Show the budget that applies to a user (their own, or the default), "
+                                           "what they spent in the current period, what requests in flight hold, "
+                                           "and what is left.")
+    p.add_argument("user", type=_user_ref, help=user_help)
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    p.set_defaults(run=budgets_show)
+    p = budgets_sub.add_parser("list", parents=[common], help="every budget and where its user stands",
+                               description="List the users with a budget of their own, then those under the "
+                                           "default budget who spent something in its current period.")
+    p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    p.set_defaults(run=budgets_list)
+    p = budgets_sub.add_parser("remove", parents=[common], help="remove a user's own budget",
+                               description="Remove a user's own budget: the default applies to them again "
+                                           "(or nothing, without one).")
+    p.add_argument("user", type=_user_ref, help=user_help)
+    p.set_defaults(run=budgets_remove)
 
     ca = sub.add_parser("ca", help="the AI proxy's certificate authority",
                         description="Make the CA the AI proxy signs its certificates with.")

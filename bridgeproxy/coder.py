@@ -35,7 +35,7 @@ import re
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional, Union
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
@@ -45,7 +45,7 @@ from twisted.internet.ssl import Certificate
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
-from twisted.web.client import BrowserLikePolicyForHTTPS, ResponseDone
+from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
@@ -134,7 +134,7 @@ class CoderSettings:
         if ca_file is not None:
             if not url.startswith("https:"):
                 raise ConfigError("plugins.coder.ca_file applies to an https url only")
-            ca_file = _beside(ca_file, base_dir)
+            ca_file = os.path.join(base_dir, ca_file)  # an absolute path stays as it is
             _load_ca(ca_file)
         roles = options.get("admin_roles", ["owner"])
         if not isinstance(roles, list) or not all(isinstance(r, str) and r for r in roles):
@@ -161,7 +161,7 @@ def _url(value: Any) -> str:
         raise ConfigError(f"plugins.coder.url must be an https:// (or http://) address, got {url!r}")
     if "@" in parts.netloc:
         raise ConfigError("plugins.coder.url must not carry a user name or password")
-    if parts.query or parts.fragment or "?" in url or "#" in url:
+    if "?" in url or "#" in url:  # an empty query or fragment too
         raise ConfigError(f"plugins.coder.url must not have a query or fragment, got {url!r}")
     try:
         _ = parts.port
@@ -188,10 +188,6 @@ def _optional_string(options: Mapping[str, Any], key: str) -> Optional[str]:
     return value.strip()
 
 
-def _beside(path: str, base_dir: str) -> str:
-    return path if os.path.isabs(path) else os.path.join(base_dir, path)
-
-
 def _load_ca(path: str) -> Certificate:
     try:
         with open(path, "rb") as f:
@@ -214,9 +210,9 @@ def _service_token(options: Mapping[str, Any], environ: Mapping[str, str], base_
         if not token:
             raise ConfigError(f"plugins.coder.service_token_env: the environment variable {env} is empty")
     elif path:
-        full = _beside(path, base_dir)
+        full = os.path.join(base_dir, path)  # an absolute path stays as it is
         try:
-            with open(full, encoding="utf-8") as f:
+            with open(full, encoding="utf-8") as f:  # pragma: no mutate - UTF-8 is the locale's encoding too
                 token = f.read().strip()
         except (OSError, UnicodeDecodeError) as e:
             reason = getattr(e, "strerror", None) or "not UTF-8 text"
@@ -270,8 +266,8 @@ class Caches:
 
 
 def _digest(token: str) -> bytes:
-    # surrogatepass: one encoding per string, so two tokens never share an entry.
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+    # A token is visible ASCII (checked before): one encoding per token.
+    return hashlib.sha256(token.encode()).digest()
 
 
 # -- talking to the deployment -------------------------------------------------------------------
@@ -288,10 +284,10 @@ class _NoCookies(IndexableCookieJar):
 
 
 class _Body(Protocol):
-    """Reads an answer's body whole, up to C{limit} bytes."""
+    """Reads an answer's body whole, up to C{limit} bytes, into C{finished}; cancelling it stops the transfer."""
 
-    def __init__(self, finished: Deferred, limit: int):
-        self.finished = finished
+    def __init__(self, limit: int):
+        self.finished: Deferred = Deferred(lambda _: self.stop())
         self.limit = limit
         self.parts: list[bytes] = []
         self.size = 0
@@ -323,15 +319,9 @@ class _Body(Protocol):
 
 def _read(response: Any) -> Deferred:
     """C{(status, body)} of C{response}; cancelling stops the transfer."""
-    body: Optional[_Body] = None
-
-    def cancel(d: Deferred) -> None:
-        if body is not None:
-            body.stop()
-    finished: Deferred = Deferred(cancel)
-    body = _Body(finished, MAX_ANSWER_BYTES)
+    body = _Body(MAX_ANSWER_BYTES)
     response.deliverBody(body)
-    return finished.addCallback(lambda data: (response.code, data))
+    return body.finished.addCallback(lambda data: (response.code, data))
 
 
 def _user(body: bytes, admin_roles: frozenset[str]) -> Identity:
@@ -412,10 +402,10 @@ class CoderBackend:
         self._http = HTTPClient(agent, cookiejar=_NoCookies())
         self._metrics = metrics if metrics is not None else Metrics()
         self.caches = caches if caches is not None else Caches()
-        self._pending: dict[tuple[str, Any], list[Deferred]] = {}
+        self._pending: dict[Union[bytes, str], list[Deferred]] = {}
         #: Until when the deployment is not asked, after a failure.
         self._down_until = -math.inf
-        self._failing = False
+        self._failing = False  # pragma: no mutate - None is as false
 
     # -- tokens --------------------------------------------------------------------------------
 
@@ -435,8 +425,8 @@ class CoderBackend:
         for cache, ttl in ((caches.positive, s.cache_seconds), (caches.negative, s.negative_cache_seconds)):
             entry = cache.get(key)
             if entry is not None and now - entry[0] < ttl:
-                return _settle(Deferred(), entry[1], self.settings.retry_seconds)
-        return self._once(("token", key), lambda: self._check(token, key))
+                return self._settle(Deferred(), entry[1])
+        return self._once(key, lambda: self._check(token, key))
 
     def _check(self, token: str, key: bytes) -> Deferred:
         """Ask the deployment about C{token}; fires with an L{Answer}, never fails."""
@@ -468,7 +458,7 @@ class CoderBackend:
 
     def _answered(self) -> None:
         if self._failing:
-            self._failing = False
+            self._failing = False  # pragma: no mutate - None is as false
             self.log.info("Coder deployment {url} answers again", url=self.settings.url)
 
     def _unreachable(self, failure: Failure, key: bytes) -> Answer:
@@ -513,11 +503,11 @@ class CoderBackend:
                 return succeed(entry[1])
         if self.settings.service_token is None or self._clock.seconds() < self._down_until:
             return succeed(self._known(user_id))
-        return self._once(("user", user_id), lambda: self._lookup(user_id))
+        return self._once(user_id, lambda: self._lookup(user_id))
 
     def _lookup(self, user_id: str) -> Deferred:
         assert self.settings.service_token is not None
-        d = maybeDeferred(self._get, USERS_PATH + quote(user_id, safe=""), self.settings.service_token)
+        d = maybeDeferred(self._get, USERS_PATH + user_id, self.settings.service_token)  # a UUID: nothing to quote
         d.addCallback(self._looked_up, user_id)
 
         def failed(failure: Failure) -> Optional[Identity]:
@@ -557,10 +547,12 @@ class CoderBackend:
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    def _once(self, key: tuple[str, Any], start: Callable[[], Deferred]) -> Deferred:
+    def _once(self, key: Union[bytes, str], start: Callable[[], Deferred]) -> Deferred:
         """
         C{start()}'s answer, asked once however many callers want it before
         it comes (a client opening many streams with one token).
+
+        @param key: a token's digest (bytes) or a user's id (str): never equal.
         """
         mine: Deferred = Deferred()
         waiting = self._pending.get(key)
@@ -572,50 +564,44 @@ class CoderBackend:
         maybeDeferred(start).addBoth(self._hand_out, key)
         return mine
 
-    def _hand_out(self, answer: Any, key: tuple[str, Any]) -> None:
-        for d in self._pending.pop(key, ()):
-            if d.called:  # cancelled by its caller
-                continue
-            if isinstance(answer, Failure):
-                d.errback(answer)
-            else:
-                _settle(d, answer, self.settings.retry_seconds)
+    def _hand_out(self, answer: Any, key: Union[bytes, str]) -> None:
+        for d in self._pending.pop(key):
+            if not d.called:  # else cancelled by its caller
+                self._settle(d, answer)  # (a Failure, a bug below, goes on as one)
 
     def _get(self, path: str, token: str) -> Deferred:
         """C{GET} C{path} with C{token}; fires with C{(status, body)} or fails within the timeout."""
+        # pragma: no mutate start - header names are case-insensitive; a token is visible ASCII
         headers = Headers({TOKEN_HEADER: [token.encode("ascii")], b"Accept": [b"application/json"]})
-        d = self._http.get(self.settings.url + path, headers=headers, allow_redirects=False,
-                           reactor=self._clock)
+        # pragma: no mutate end
+        d = self._http.get(
+            self.settings.url + path, headers=headers, allow_redirects=False,
+            reactor=self._clock,  # pragma: no mutate - treq uses it only for a timeout of its own (none here)
+        )
         d.addCallback(_read)
-        expired: list[bool] = []
-
-        def expire() -> None:
-            expired.append(True)
-            d.cancel()
-        timer = self._clock.callLater(self.settings.timeout, expire)
+        timer = self._clock.callLater(self.settings.timeout, d.cancel)
 
         def done(result: Any) -> Any:
             if timer.active():
                 timer.cancel()
-            if expired and isinstance(result, Failure):
+            elif isinstance(result, Failure):  # cancelled by the timer
                 return Failure(_TimedOut())
             return result
         return d.addBoth(done)
 
-
-def _settle(d: Deferred, answer: Optional[Answer], retry_seconds: float) -> Deferred:
-    """Fire C{d} the way an L{IIdentityBackend} answers C{answer}."""
-    if answer is None or answer is _Verdict.UNKNOWN:
-        d.callback(None)
-    elif answer is _Verdict.INACTIVE:
-        d.errback(PermissionDenied("This user is not active in the Coder deployment.", reason="user_inactive"))
-    elif answer is _Verdict.UNAVAILABLE:
-        d.errback(IdentityUnavailable(
-            "The Coder deployment that checks API keys cannot be reached; try again shortly.",
-            headers={"Retry-After": str(max(1, math.ceil(retry_seconds)))}))
-    else:
-        d.callback(answer)
-    return d
+    def _settle(self, d: Deferred, answer: Optional[Answer]) -> Deferred:
+        """Fire C{d} the way an L{IIdentityBackend} answers C{answer}."""
+        if answer is None or answer is _Verdict.UNKNOWN:
+            d.callback(None)
+        elif answer is _Verdict.INACTIVE:
+            d.errback(PermissionDenied("This user is not active in the Coder deployment.", reason="user_inactive"))
+        elif answer is _Verdict.UNAVAILABLE:
+            d.errback(IdentityUnavailable(
+                "The Coder deployment that checks API keys cannot be reached; try again shortly.",
+                headers={"Retry-After": str(max(1, math.ceil(self.settings.retry_seconds)))}))
+        else:
+            d.callback(answer)
+        return d
 
 
 # -- the plugin ----------------------------------------------------------------------------------
@@ -627,9 +613,8 @@ def make_agent(reactor: Any, config: Any, settings: CoderSettings) -> Any:
     host name included) against C{ca_file} when set, else the system's CAs;
     connections time out with the request.
     """
-    trust = _load_ca(settings.ca_file) if settings.ca_file else None
-    upstream_config = replace(config.upstream, ca_file=settings.ca_file, connect_timeout=settings.timeout)
-    return upstream.make_agent(reactor, upstream_config, BrowserLikePolicyForHTTPS(trustRoot=trust))
+    return upstream.make_agent(reactor, replace(config.upstream, ca_file=settings.ca_file,
+                                                connect_timeout=settings.timeout))
 
 
 @implementer(IPlugin, IIdentityBackend, IConfigurable)
@@ -653,7 +638,7 @@ class CoderPlugin:
         self._caches: dict[str, Caches] = {}
 
     def configure(self, context: Any) -> CoderBackend:
-        source = getattr(context.config, "source_path", None)
+        source = context.config.source_path
         base_dir = os.path.dirname(os.path.abspath(source)) if source else "."
         environ = self._environ if self._environ is not None else os.environ
         settings = CoderSettings.parse(context.options, environ, base_dir)

@@ -398,6 +398,42 @@ class RetriesConfig:
         type_name="number (seconds)")
 
 
+def _period(where: str, value: str, base_dir: str) -> str:
+    if value not in ("day", "week", "month"):
+        raise ConfigError(f"{where} must be \"day\", \"week\" or \"month\", not {value!r}")
+    return value
+
+
+def _budget_amount(where: str, value: Optional[float], base_dir: str) -> Optional[float]:
+    if value is not None and not 0 <= value <= 1_000_000_000:
+        raise ConfigError(f"{where} must be an amount from 0 to 1000000000, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class BudgetsConfig:
+    """C{[budgets]}: what users may spend (their own budgets are set with C{bridgeproxy budgets set})."""
+
+    default_amount: Optional[float] = setting(
+        None, "the budget of every user without one of their own, in units of the price table's currency per "
+        "`default_period`; without it such users are not limited", kind="optional number", check=_budget_amount,
+        shown="— (none)", type_name="number (currency)")
+    default_period: str = setting(
+        "month", "the period of `default_amount`: `\"day\"`, `\"week\"` (Monday to Sunday) or `\"month\"`, UTC "
+        "calendar periods", check=_period)
+    assumed_max_tokens: int = setting(
+        4096, "the output tokens a request is assumed to ask for when it sets no `max_tokens`, "
+        "`max_output_tokens` or `max_completion_tokens` (its worst case is held against the budget while it "
+        "runs)", check=positive)
+    hold_seconds: float = setting(
+        60.0, "a running request's hold on its user's budget lasts this long unless its process renews it (every "
+        "few seconds); the holds of a process that died stop counting after it", check=positive,
+        type_name="number (seconds)")
+    fail_open: bool = setting(
+        False, "when the store cannot be reached to check a budget: `false` answers 503, `true` forwards the "
+        "request unchecked (its cost is still recorded)")
+
+
 @dataclass(frozen=True)
 class PriceConfig:
     """One C{[prices."<provider>/<model>"]} table: amounts per million tokens."""
@@ -466,6 +502,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     breaker: BreakerConfig = BreakerConfig()
     retries: RetriesConfig = RetriesConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
     #: C{"<provider>/<model>"} -> its price, over the shipped table (L{bridgeproxy.prices}).
     prices: Mapping[str, PriceConfig] = field(default_factory=dict)
     aiproxy: AIProxyConfig = AIProxyConfig()
@@ -477,7 +514,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "auth": AuthConfig, "initiator": InitiatorConfig, "clients": ClientsConfig,
     "upstream": UpstreamConfig, "recording": RecordingConfig, "limits": LimitsConfig,
-    "breaker": BreakerConfig, "retries": RetriesConfig,
+    "breaker": BreakerConfig, "retries": RetriesConfig, "budgets": BudgetsConfig,
     "aiproxy": AIProxyConfig,
 }
 

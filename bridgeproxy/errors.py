@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_pipeline -*-
+# -*- test-case-name: tests.test_errors,tests.test_pipeline -*-
 """
 Typed refusals.  A chain step raises one of these to refuse a request; one
 place (L{bridgeproxy.proxy.errors}) turns it into the provider's error shape.
@@ -167,6 +167,8 @@ OPENAI_ERRORS = {
     "not_found": ("invalid_request_error", "unknown_url"),
     "request_too_large": ("invalid_request_error", "request_too_large"),
     "rate_limit": ("rate_limit_error", "rate_limit_exceeded"),
+    # OpenAI's own type and code for an account whose quota is spent (not a passing rate limit).
+    "budget": ("insufficient_quota", "insufficient_quota"),
     "overloaded": ("server_error", "overloaded"),
     "timeout": ("server_error", "upstream_timeout"),
     "api_error": ("server_error", None),

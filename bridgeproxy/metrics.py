@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_late
 from prometheus_client import Counter as PCounter
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_ADMISSION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _MAX_MODELS = 200
 
 
@@ -48,6 +49,15 @@ class Metrics:
                                    "1 half-open, 2 open", ["provider"], registry=r)
         self.breaker_changes = PCounter("bridgeproxy_breaker_transitions", "Circuit breaker changes, by the "
                                         "state entered", ["provider", "state"], registry=r)
+        self.budget_refusals = PCounter("bridgeproxy_budget_refusals", "Requests refused because their user's "
+                                        "budget could not cover their worst case, by the budget's period",
+                                        ["period"], registry=r)
+        self.budget_unpriced = PCounter("bridgeproxy_budget_unpriced_requests", "Requests of users with a budget "
+                                        "whose model has no price: let through without a hold",
+                                        ["provider", "model"], registry=r)
+        self.admission_latency = Histogram("bridgeproxy_admission_seconds", "Time to admit a request in the "
+                                           "store (budget hold) before it is forwarded",
+                                           buckets=_ADMISSION_BUCKETS, registry=r)
         self.auth_failures = PCounter("bridgeproxy_auth_failures", "Refused credentials, by reason",
                                       ["reason"], registry=r)
         self.delegations = PCounter("bridgeproxy_delegations", "X-Coder-Owner-Id overrides, by outcome",

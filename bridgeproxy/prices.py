@@ -74,8 +74,9 @@ SHIPPED_AS_OF = "2025-11"
 
 
 def _openai(input: float, cached: Optional[float], output: float) -> Price:
-    # OpenAI does not charge for writing its prompt cache: those tokens are input.
-    return price(input, output, cache_read=cached if cached is not None else input, cache_write=input)
+    # OpenAI does not charge for writing its prompt cache: those tokens are input (price's default, as is
+    # the input price for cache reads when no cached price is published).
+    return price(input, output, cache_read=cached)
 
 
 def _anthropic(input: float, output: float) -> Price:
@@ -218,7 +219,7 @@ class PriceTable:
 def shipped_reference() -> str:
     """The shipped table as markdown (C{docs/spend.md} shows it; a test keeps the two in step)."""
     def amount(micros: int) -> str:
-        text = f"{micros / MICROS:.6f}".rstrip("0")
+        text = f"{micros / MICROS:.6f}".rstrip("0")  # pragma: no mutate - "XX0XX" strips the same: no X in a number
         return text + "0" * max(0, 2 - len(text.partition(".")[2]))
     lines = ["| provider | model | input | output | cache read | cache write |", "|---|---|---:|---:|---:|---:|"]
     for plugin, models in SHIPPED.items():

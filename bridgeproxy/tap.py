@@ -27,6 +27,8 @@ from bridgeproxy.interfaces import (
     IAuthExtractor, IClientDetector, IIdentityBackend, IInitiatorResolver, IProvider,
 )
 from bridgeproxy.metrics import Metrics
+from bridgeproxy.prices import table_for
+from bridgeproxy.proxy.admission import Admission
 from bridgeproxy.proxy.upstream import make_agent
 from bridgeproxy.proxy.pipeline import Bridge, ProviderEntry
 from bridgeproxy.proxy.resource import BridgeResource
@@ -102,6 +104,7 @@ class App:
     retention: Retention
     reactor: Any = None
     plugin_package: Any = None
+    admission: Any = None
 
 
 @dataclass
@@ -168,21 +171,22 @@ def build(config: Config, reactor: Any, *, agent: Any = None, store: Optional[As
     chains = build_chains(config, reactor, store, metrics, plugin_package)
     _warn_missing_keys(config)
     recorder = Recorder(store, reactor, config.recording, metrics)
+    admission = Admission(store, reactor, config, table_for(config), metrics)
     bridge = Bridge(
         config, providers=chains.providers, extractors=chains.extractors, resolvers=chains.resolvers,
         detectors=chains.detectors, agent=agent if agent is not None else make_agent(reactor, config.upstream),
-        clock=reactor, recorder=recorder, metrics=metrics,
+        clock=reactor, recorder=recorder, metrics=metrics, admission=admission,
     )
     bridge.api = BridgeAPI(extractors=chains.extractors, identity=chains.identity, store=store, clock=reactor,
                            recorder=recorder, providers=chains.providers,
-                           metrics=None if config.metrics_listen else metrics)
+                           metrics=None if config.metrics_listen else metrics, admission=admission)
     metrics.watch_queue(lambda: len(recorder.queue))
     resource = BridgeResource(bridge)
     site = make_site(resource, config.max_body_bytes, reactor, access_log=config.access_log)
     retention = Retention(store, reactor, config.recording.retention_days)
     return App(config=config, bridge=bridge, resource=resource, site=site, store=store,
                recorder=recorder, metrics=metrics, identity=chains.identity, retention=retention,
-               reactor=reactor, plugin_package=plugin_package)
+               reactor=reactor, plugin_package=plugin_package, admission=admission)
 
 
 #: Settings bound when the process starts; a reload leaves them as they are.
@@ -334,6 +338,8 @@ class BridgeService(service.MultiService):
         self.app.store.start()
         self.app.recorder.start()
         self.app.retention.start()
+        if self.app.admission is not None:
+            self.app.admission.start()
         super().startService()
         # Create or migrate the schema now, so a bad database URL shows at start.
         self._reach_store(0)
@@ -370,6 +376,8 @@ class BridgeService(service.MultiService):
                      grace=self.app.config.shutdown_grace_seconds, count=len(self.app.bridge.in_flight))
             yield self.app.bridge.drain(self.app.config.shutdown_grace_seconds)
         self.app.retention.stop()
+        if self.app.admission is not None:
+            yield self.app.admission.stop()
         yield self.app.recorder.stop()
         yield self.app.store.stop()
         for child in list(self):

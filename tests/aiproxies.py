@@ -16,11 +16,13 @@ from types import SimpleNamespace
 
 from twisted.internet import defer, reactor, ssl
 from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from bridgeproxy.aiproxy import AIProxy, CertificateAuthority, create_ca
 from tests import fakes, memory
+from tests.certs import make_ca
 
 
 class TableResolver:
@@ -117,6 +119,20 @@ def tls_client(sock: socket.socket, host: str, ca_path: str) -> stdlib_ssl.SSLSo
     """
     context = stdlib_ssl.create_default_context(cafile=ca_path)
     return context.wrap_socket(sock, server_hostname=host, suppress_ragged_eofs=False)
+
+
+@defer.inlineCallbacks
+def tls_listener(proxy: AIProxy, directory):
+    """
+    C{proxy} also on an C{ssl:} listener on loopback, with a certificate for
+    C{localhost} from a CA made in C{directory}: C{(port, ca_path)}.
+    """
+    directory.mkdir(exist_ok=True)
+    test_ca, issue = make_ca(directory)
+    cert, key = issue("localhost")
+    port = yield serverFromString(
+        reactor, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}").listen(proxy)
+    return port, str(test_ca)
 
 
 class _Echo(Protocol):
@@ -216,4 +232,5 @@ def memory_proxy(tmp_path, aiproxy: Optional[dict] = None, identities: Any = Non
 OPENAI_HOST = "api.openai.com"
 ANTHROPIC_HOST = "api.anthropic.com"
 __all__ = ["ANTHROPIC_HOST", "HalfClosingTransport", "MemoryProxy", "OPENAI_HOST", "ProxyRunning", "TableResolver",
-           "basic", "connect_tunnel", "echo_tls_server", "memory_proxy", "raw_exchange", "start_proxy", "tls_client"]
+           "basic", "connect_tunnel", "echo_tls_server", "memory_proxy", "raw_exchange", "start_proxy", "tls_client",
+           "tls_listener"]

@@ -20,7 +20,6 @@ import pytest
 import pytest_twisted
 from cryptography import x509
 from twisted.internet import defer, reactor, threads
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
@@ -30,6 +29,7 @@ from bridgeproxy.store import Database
 from tests import aiproxies, fakes, procs
 from tests.aiproxies import ANTHROPIC_HOST, OPENAI_HOST, TableResolver, connect_tunnel, start_proxy, tls_client
 from tests.certs import make_ca
+from tests.coderfake import FakeCoder, coder_token, listen_tls
 from tests.conftest import assert_no_secrets
 from tests.payloads import CHAT_CHUNKS, CHAT_JSON, MESSAGE_EVENTS, MESSAGE_JSON
 from tests.streams import ANTHROPIC_EVENTS, sleep
@@ -169,7 +169,6 @@ def test_many_requests_share_one_tunnel(proxied):
                 for _ in range(3)]
     ids = yield threads.deferToThread(three)
     assert len(ids) == 3
-    assert len({r.peer_port for r in proxied.bridge.upstream.requests}) >= 1
     metrics = proxied.bridge.app.metrics.registry
     assert metrics.get_sample_value("bridgeproxy_aiproxy_connects_total", {"outcome": "mitm"}) == 1
     assert metrics.get_sample_value("bridgeproxy_aiproxy_leaf_certificates_total") == 1
@@ -299,6 +298,7 @@ def test_tunnel_to_an_allowed_local_tls_server_is_not_decrypted(tmp_path, captur
         metrics = running.bridge.app.metrics.registry
         assert metrics.get_sample_value("bridgeproxy_aiproxy_connects_total", {"outcome": "tunnelled"}) == 1
         assert metrics.get_sample_value("bridgeproxy_aiproxy_leaf_certificates_total") == 0
+        assert "OneShot" not in captured_log.text()  # no "Starting factory" line per tunnel
     finally:
         yield running.stop()
         yield port.stopListening()
@@ -424,16 +424,12 @@ def test_a_tls_listener_for_the_proxy_itself(proxied, tmp_path):
     """The proxy on an ssl: endpoint: curl's TLS to the proxy, and the provider's TLS inside it."""
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
-    (tmp_path / "listener").mkdir()
-    test_ca, issue = make_ca(tmp_path / "listener")
-    cert, key = issue("localhost")
-    port = yield serverFromString(
-        reactor, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}").listen(proxied.proxy)
+    port, test_ca = yield aiproxies.tls_listener(proxied.proxy, tmp_path / "listener")
     try:
         token = proxied.bridge.create_key("alice")
         done = yield threads.deferToThread(subprocess.run, [
             "curl", "-sS", "--max-time", "10", "--proxy", f"https://bridge:{token}@localhost:{port.getHost().port}",
-            "--proxy-cacert", str(test_ca), "--cacert", proxied.ca_path, "-H", "Content-Type: application/json",
+            "--proxy-cacert", test_ca, "--cacert", proxied.ca_path, "-H", "Content-Type: application/json",
             "-d", json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
             f"https://{OPENAI_HOST}/v1/chat/completions"], capture_output=True, timeout=20)
         assert done.returncode == 0, done.stderr
@@ -457,21 +453,17 @@ def test_a_tunnel_through_a_tls_listener_ends_cleanly(proxied, tmp_path):
     A target's half-close, on a tunnel through the proxy's TLS listener: the
     client gets every byte, then a clean end of its TLS (TLS cannot half-close).
     """
-    (tmp_path / "listener").mkdir()
-    test_ca, issue = make_ca(tmp_path / "listener")
-    cert, key = issue("localhost")
     target = reactor.listenTCP(0, Factory.forProtocol(_SaysThenStops), interface="127.0.0.1")
     app = proxied.bridge.app  # as a reload would: the next CONNECT follows the new settings
     app.config = replace(app.config, aiproxy=replace(app.config.aiproxy, allowed_private_cidrs=("127.0.0.1/32",),
                                                      allowed_ports=(target.getHost().port,)))
-    port = yield serverFromString(
-        reactor, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}").listen(proxied.proxy)
+    port, test_ca = yield aiproxies.tls_listener(proxied.proxy, tmp_path / "listener")
     try:
         token = proxied.bridge.create_key("alice")
 
         def exchange():
             raw = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
-            sock = tls_client(raw, "localhost", str(test_ca))
+            sock = tls_client(raw, "localhost", test_ca)
             sock.sendall(f"CONNECT 127.0.0.1:{target.getHost().port} HTTP/1.1\r\n"
                          f"Proxy-Authorization: {aiproxies.basic(token)}\r\n\r\n".encode())
             return _read_exactly(sock, 1 << 20)  # until the end; an unclean end raises
@@ -536,3 +528,84 @@ def test_twistd_serves_the_ai_proxy_beside_the_bridge(tmp_path):
     assert token not in log_text and fakes.OPENAI_KEY not in log_text
     rows = Database(f"sqlite:{tmp_path / 'bridge.db'}").interceptions()
     assert [(r["initiator_username"], r["route"]) for r in rows] == [("alice", "chat.completions")]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_tls_listener_ends_the_connection_after_a_refusal_or_the_ca(proxied, tmp_path):
+    """
+    On the proxy's TLS listener, a 407 and the CA certificate each end the
+    connection: the client gets the answer and TLS's end, and once it ends
+    its TLS too, the proxy closes the connection at once (it does not wait
+    for its close timeout, nor leave the socket open).
+    """
+    port, listener_ca = yield aiproxies.tls_listener(proxied.proxy, tmp_path / "listener")
+    try:
+        def ask(request):
+            raw = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=3)
+            sock = tls_client(raw, "localhost", listener_ca)
+            sock.sendall(request)
+            answer = _read_exactly(sock, 1 << 20)  # until the proxy's close_notify
+            plain = sock.unwrap()  # the client's own close_notify
+            try:
+                return answer, plain.recv(1)  # the end of the TCP connection
+            finally:
+                plain.close()
+        answer, tail = yield threads.deferToThread(ask, f"CONNECT {OPENAI_HOST}:443 HTTP/1.1\r\n\r\n".encode())
+        assert answer.startswith(b"HTTP/1.1 407 Proxy Authentication Required\r\n") and tail == b""
+        answer, tail = yield threads.deferToThread(ask, b"GET /ca.pem HTTP/1.1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and tail == b""
+        assert answer.endswith(open(proxied.ca_path, "rb").read())
+    finally:
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_coder_tokens_through_the_proxy_get_the_deployments_answer(tmp_path, captured_log):
+    """
+    With identity_backend = "coder", the Coder token is the proxy's password:
+    an active user's token opens the tunnel and the request reaches the
+    provider; a suspended user's CONNECT gets 403, as directly; while the
+    deployment is down an unknown token gets 503 with Retry-After.
+    """
+    (tmp_path / "coder").mkdir()
+    coder_ca, issue = make_ca(tmp_path / "coder")
+    coder = FakeCoder()
+    coder_port = listen_tls(coder, *issue("localhost"))
+    settings = {"url": f"https://localhost:{coder_port.getHost().port}", "ca_file": str(coder_ca),
+                "cache_seconds": 0, "stale_seconds": 0, "retry_seconds": 0}
+    running = yield start_proxy(tmp_path, {"identity_backend": "coder", "plugins": {"coder": settings}})
+    running.bridge.upstream.handler = provider_like
+    try:
+        alice = coder.add_user("alice")
+        token = coder.add_token(alice["id"])
+        result = yield threads.deferToThread(openai_client(running, token, token).chat.completions.create,
+                                             model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        assert result.model == CHAT_JSON["model"]
+        assert running.bridge.upstream.requests[0].header("authorization") == f"Bearer {fakes.OPENAI_KEY}"
+
+        def refusal(key):
+            sock, head = connect_tunnel(running.port, f"{OPENAI_HOST}:443", key)
+            with sock:
+                return head, _read_exactly(sock, 1 << 20)
+        sam = coder.add_user("sam", status="suspended")
+        suspended = coder.add_token(sam["id"])
+        head, body = yield threads.deferToThread(refusal, suspended)
+        assert head.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+        assert json.loads(body)["error"]["message"] == "This user is disabled."
+        coder.suspended_as_401 = True  # what coderd's own API-key check answers for a suspended user
+        other = coder.add_token(sam["id"])
+        head, body = yield threads.deferToThread(refusal, other)
+        assert head.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+        assert json.loads(body)["error"] == {"message": "This user is not active in the Coder deployment.",
+                                             "type": "permission_error", "param": None, "code": "forbidden"}
+
+        coder.fail_with = 502
+        head, body = yield threads.deferToThread(refusal, coder_token())
+        assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+        assert b"\r\nRetry-After: 1\r\n" in head
+        assert "Coder deployment" in json.loads(body)["error"]["message"]
+        assert len(running.bridge.upstream.requests) == 1
+        assert_no_secrets(captured_log.text(), token, suspended, other)
+    finally:
+        yield running.stop()
+        yield coder_port.stopListening()

@@ -14,7 +14,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.python.failure import Failure
 
 from bridgeproxy.aiproxy import server
-from bridgeproxy.errors import NotConfigured
+from bridgeproxy.errors import AuthenticationFailed, IdentityUnavailable, NotConfigured, PermissionDenied
 from bridgeproxy.types import Identity
 from tests import memory
 from tests.aiproxies import ANTHROPIC_HOST, OPENAI_HOST, TableResolver, basic, memory_proxy
@@ -95,6 +95,26 @@ def test_a_disabled_user_is_403_and_a_store_that_is_down_503(tmp_path):
     answer = refused(transport)
     assert answer.status == 503
     assert answer.json()["error"]["message"] == "The key store is unavailable; try again shortly."
+
+
+@pytest.mark.parametrize("error,status,headers", [
+    (PermissionDenied("This user is not active in the Coder deployment."), 403, {}),
+    (IdentityUnavailable("The Coder deployment cannot be reached.", headers={"Retry-After": "7"}), 503,
+     {"retry-after": [b"7"]}),
+    (AuthenticationFailed("This key has expired."), 407, {"proxy-authenticate": [b'Basic realm="bridgeproxy"']}),
+])
+def test_the_identity_backends_refusal_is_answered_as_it_says(tmp_path, error, status, headers):
+    """A backend that refuses with its own error: its status (a 401 as the proxy's 407), message and headers."""
+    class Refusing:
+        def identify(self, token):
+            return fail(error)
+    proxied = memory_proxy(tmp_path, identities=Refusing())
+    _, transport = proxied.connect_request(f"{ANTHROPIC_HOST}:443")
+    answer = refused(transport)
+    assert answer.status == status
+    assert answer.json()["error"]["message"] == error.message
+    for name, values in headers.items():
+        assert answer.headers[name] == values
 
 
 def test_a_port_not_allowed_is_403_after_the_key(tmp_path):
@@ -291,7 +311,7 @@ def test_a_client_that_sends_no_head_in_time_gets_408(tmp_path):
 
 
 def test_a_target_that_never_answers_is_504(tmp_path):
-    """A name whose resolution hangs: 504 after the decision timeout, and nothing is dialled."""
+    """A name whose resolution hangs: 504 after the decision timeout, and nothing is dialled, even later."""
     class Hanging:
         def __init__(self):
             self.pending = Deferred()
@@ -303,7 +323,9 @@ def test_a_target_that_never_answers_is_504(tmp_path):
     _, transport = proxied.connect_request("slow.test:443")
     proxied.reactor.advance(server.DECIDE_TIMEOUT)
     assert refused(transport).status == 504
-    assert resolver.pending.called  # cancelled
+    # The lookup runs on (a thread cannot be stopped) and keeps its turn; its late answer is not used.
+    assert not resolver.pending.called
+    resolver.pending.callback([PUBLIC])
     assert proxied.reactor.tcpClients == []
 
 
@@ -351,3 +373,142 @@ def test_a_host_name_that_starts_with_a_digit_is_resolved_like_any_other(tmp_pat
     proxied.connect_request("1password.com:443")
     assert proxied.resolver.asked == ["1password.com"]
     assert [c[:2] for c in proxied.reactor.tcpClients] == [(PUBLIC, 443)]
+
+
+class _Pending:
+    """An identity backend whose checks never answer."""
+
+    def identify(self, token):
+        return Deferred()
+
+
+@pytest.mark.parametrize("raw", [
+    b"CONNECT api.openai.com:443 HTTP/1.1\r\n\r\n",  # 407
+    b"GET /ca.pem HTTP/1.1\r\n\r\n",  # the CA certificate
+])
+def test_after_an_answer_the_client_is_read_and_cut_off_if_it_does_not_close(tmp_path, raw):
+    """
+    An answer the proxy closes on: the connection is read again (a TLS
+    listener must read the client's close_notify to end), what the client
+    sends is dropped, and a client that never closes is cut off after the
+    close timeout.
+    """
+    proxied = memory_proxy(tmp_path)
+    protocol, transport = proxied.send(raw)
+    assert transport.disconnecting
+    assert transport.producerState == "producing"
+    answer = transport.value()
+    protocol.dataReceived(b"x" * 100_000)
+    assert transport.value() == answer
+    proxied.reactor.advance(server.CLOSE_TIMEOUT - 0.5)
+    assert not transport.disconnected
+    proxied.reactor.advance(0.5)
+    assert transport.disconnected  # aborted
+    protocol.connectionLost(None)
+    assert proxied.reactor.getDelayedCalls() == []
+
+
+def test_a_client_that_closes_in_time_leaves_no_timer_behind(tmp_path):
+    """A refused client that closes its side: the close timeout is let go."""
+    proxied = memory_proxy(tmp_path)
+    protocol, transport = proxied.send(b"CONNECT api.openai.com:443 HTTP/1.1\r\n\r\n")
+    protocol.connectionLost(None)
+    assert proxied.reactor.getDelayedCalls() == []
+    proxied.reactor.advance(server.CLOSE_TIMEOUT)
+    assert not transport.disconnected
+
+
+def test_bytes_after_an_over_long_head_are_dropped_not_kept(tmp_path):
+    """After a 431 the client's further bytes are not answered, and are not kept."""
+    proxied = memory_proxy(tmp_path)
+    protocol, transport = proxied.send(b"CONNECT api.openai.com:443 HTTP/1.1\r\nX-Filler: " + b"a" * 17000)
+    answer = refused(transport)
+    assert answer.status == 431
+    for _ in range(100):
+        protocol.dataReceived(b"a" * 65536)
+    assert parse_answer(transport.value()).status == 431
+    assert len(protocol._buffer) == 0
+
+
+def test_a_client_sending_too_much_while_its_key_is_checked_is_cut_off(tmp_path):
+    """Bytes kept for a tunnel that is not open yet: more than a head's worth ends the connection."""
+    proxied = memory_proxy(tmp_path, identities=_Pending())
+    protocol, transport = proxied.connect_request(f"{OPENAI_HOST}:443", extra=b"\x16\x03\x01")
+    protocol.dataReceived(b"a" * 8000)
+    assert not transport.disconnecting
+    protocol.dataReceived(b"a" * 9000)
+    assert transport.disconnected  # aborted
+    assert transport.value() == b""
+
+
+class _Held:
+    """A resolver whose lookups wait until the test answers them, by name."""
+
+    def __init__(self):
+        self.pending = {}
+
+    def resolve(self, host, port):
+        self.pending[host] = Deferred()
+        return self.pending[host]
+
+
+def test_tunnel_lookups_run_a_few_at_a_time(tmp_path):
+    """
+    Tunnels' name lookups share the reactor's threads with the bridge: at
+    most four run at once, the others wait their turn; a client that leaves
+    while waiting gets its lookup dropped, and one that leaves mid-lookup
+    keeps its turn taken until that lookup ends.
+    """
+    resolver = _Held()
+    proxied = memory_proxy(tmp_path, resolver=resolver)
+    clients = [proxied.connect_request(f"host{i}.test:443") for i in range(7)]
+    assert sorted(resolver.pending) == [f"host{i}.test" for i in range(4)]
+    clients[4][0].connectionLost(None)  # leaves while waiting
+    clients[0][0].connectionLost(None)  # leaves mid-lookup: its turn is still taken
+    assert len(resolver.pending) == 4
+    resolver.pending["host0.test"].callback([PUBLIC])
+    assert "host4.test" not in resolver.pending and "host5.test" in resolver.pending
+    assert clients[0][1].value() == b""
+    resolver.pending["host1.test"].callback([PUBLIC])
+    assert "host6.test" in resolver.pending
+    assert [c[:2] for c in proxied.reactor.tcpClients] == [(PUBLIC, 443)]  # host1's tunnel only
+    resolver.pending["host2.test"].callback([])
+    assert refused(clients[2][1]).status == 502
+
+
+def test_a_lookup_waiting_its_turn_past_the_decision_timeout_is_504(tmp_path):
+    """A CONNECT whose lookup never got a turn: 504 after the decision timeout, and it is never started."""
+    resolver = _Held()
+    proxied = memory_proxy(tmp_path, resolver=resolver)
+    for i in range(4):
+        proxied.connect_request(f"host{i}.test:443")
+    proxied.reactor.advance(1)
+    _, transport = proxied.connect_request("late.test:443")
+    proxied.reactor.advance(server.DECIDE_TIMEOUT - 1)  # the first four time out; their lookups run on
+    assert "late.test" not in resolver.pending
+    proxied.reactor.advance(1)
+    assert refused(transport).status == 504
+    for i in range(4):
+        resolver.pending[f"host{i}.test"].callback([PUBLIC])  # the turns free up: nobody waits for them
+    assert "late.test" not in resolver.pending
+    assert proxied.reactor.tcpClients == []
+
+
+def test_an_expired_ca_refuses_decrypted_connects_with_503_and_says_so_once(tmp_path, captured_log):
+    """
+    A CA that expires while the proxy runs: CONNECTs to the decrypted hosts
+    get a clear 503 (no leaf is minted, nothing crashes), and the log says
+    why once, not once per CONNECT.
+    """
+    proxied = memory_proxy(tmp_path)
+    proxied.reactor.advance(proxied.proxy.ca.cert.not_valid_after_utc.timestamp() + 1)
+    for _ in range(3):
+        _, transport = proxied.connect_request(f"{OPENAI_HOST}:443")
+        answer = refused(transport)
+        assert answer.status == 503
+        assert answer.json()["error"]["message"] == (
+            "The AI proxy's CA certificate has expired; an administrator must renew it.")
+    assert proxied.sample("bridgeproxy_aiproxy_leaf_certificates_total") == 0
+    text = captured_log.text()
+    assert text.count("the CA certificate expired on") == 1
+    assert "Traceback" not in text and "Unhandled" not in text

@@ -137,6 +137,19 @@ def test_internal_addresses_are_not_reachable(address):
     assert not Guard().allows(address)
 
 
+@pytest.mark.parametrize("address", [
+    "192.0.0.8", "192.0.0.255",  # IETF protocol assignments, beyond the ranges Python knows
+    "::7f00:1", "::a00:1", "::5db8:d822",  # IPv4-compatible (::127.0.0.1, ::10.0.0.1, even a public one)
+    "fec0::1", "feff::1",  # site-local
+    "::ffff:0:7f00:1", "::ffff:0:5db8:d822",  # IPv4-translated (SIIT)
+    "100::1", "4000::1", "fe00::1",  # reserved IPv6 (discard-only, unassigned)
+])
+def test_deprecated_and_reserved_ranges_are_not_reachable(address):
+    """Ranges some of Python's tables call global: refused all the same, allowed ranges or not."""
+    assert not Guard().allows(address)
+    assert not Guard(["127.0.0.0/8", "10.0.0.0/8"]).allows(address)
+
+
 @pytest.mark.parametrize("address", ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "::ffff:1.1.1.1",
                                      "64:ff9b::101:101"])
 def test_public_addresses_are_reachable(address):
@@ -190,6 +203,18 @@ def test_ca_create_writes_a_ca_and_a_private_key_only_its_owner_reads(tmp_path):
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value.startswith("bridgeproxy AI proxy CA ")
     key = serialization.load_pem_private_key(open(key_path, "rb").read(), None)
     assert key.public_key().public_numbers() == cert.public_key().public_numbers()
+
+
+def test_loading_a_ca_key_others_can_read_warns(tmp_path, captured_log):
+    """A CA key readable by its group or the world: the CA loads, with a warning naming the file and its mode."""
+    cert_path, key_path = create_ca(str(tmp_path / "ca"))
+    CertificateAuthority.load(cert_path, key_path, Clock())
+    assert "can be read by others" not in captured_log.text()
+    os.chmod(key_path, 0o640)
+    CertificateAuthority.load(cert_path, key_path, Clock())
+    text = captured_log.text()
+    assert f"aiproxy.ca_key: {key_path} can be read by others than its owner (mode 0640)" in text
+    assert "PRIVATE KEY" not in text
 
 
 def test_ca_create_never_overwrites(tmp_path):

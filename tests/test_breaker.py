@@ -76,6 +76,18 @@ def test_failures_spread_over_more_than_the_window_do_not_open_it():
     assert b.state == OPEN
 
 
+def test_a_failure_exactly_window_seconds_after_the_first_still_counts():
+    """"Within window seconds" includes the edge: failures at 0 s and 10 s are one run."""
+    b, clock, _ = breaker()
+    fail_times(b, clock, 1, every=10)
+    fail_times(b, clock, 4)
+    assert b.state == OPEN
+    b, clock, _ = breaker()
+    fail_times(b, clock, 1, every=10.001)
+    fail_times(b, clock, 4)
+    assert b.state == CLOSED
+
+
 def test_half_open_lets_the_probes_through_and_closes_when_they_succeed():
     """After open_seconds, 3 probes go through (a 4th is refused, Retry-After 1); 3 successes close it."""
     b, clock, changes = breaker()
@@ -141,6 +153,46 @@ def test_a_probe_without_a_verdict_frees_its_place():
     with pytest.raises(CircuitOpen):
         b.admit()
     b.released(gone)
+    b.succeeded(b.admit())
+    assert b.state == CLOSED
+
+
+def test_a_freed_probe_place_is_one_place():
+    """Two probes out, one released: one more probe goes through, not two."""
+    b, clock, _ = breaker(probes=2)
+    fail_times(b, clock, 5)
+    clock.advance(30)
+    gone, _ = b.admit(), b.admit()
+    b.released(gone)
+    b.admit()
+    with pytest.raises(CircuitOpen):
+        b.admit()
+
+
+def test_a_request_from_before_the_opening_frees_no_probe_place():
+    """A slow request let through while closed, whose client leaves while half-open, holds no probe place."""
+    b, clock, _ = breaker(probes=1)
+    slow = b.admit()
+    fail_times(b, clock, 5)
+    clock.advance(30)
+    b.admit()
+    b.released(slow)
+    with pytest.raises(CircuitOpen):
+        b.admit()
+
+
+def test_a_probe_of_an_earlier_half_open_period_has_no_say():
+    """A probe admitted in one half-open period cannot count as a success in the next one."""
+    b, clock, _ = breaker(probes=2)
+    fail_times(b, clock, 5)
+    clock.advance(30)
+    first, late = b.admit(), b.admit()
+    b.failed(first)
+    clock.advance(30)
+    probe = b.admit()
+    b.succeeded(late)
+    b.succeeded(probe)
+    assert b.state == HALF_OPEN
     b.succeeded(b.admit())
     assert b.state == CLOSED
 

@@ -438,11 +438,12 @@ CONFIG_HELP = ("--config FILE, -c FILE configuration file (default: the embedded
 HELP = {
     '': (
         "usage: bridgeproxy [-h] [--version] [--config FILE] COMMAND ... Manage bridgeproxy's bridge "
-        "keys, users and store, read back what it recorded, and make the AI proxy's CA. Exit status: 0 "
-        'done, 1 failed (configuration, store, no such key or user), 2 bad command line. positional '
-        'arguments: COMMAND keys bridge keys users users db the store interceptions recorded '
-        "interceptions usage token totals and cost ca the AI proxy's certificate authority options: -h, --help "
-        "show this help message and exit --version show program's version number and exit {CONFIG}"),
+        "keys, users, budgets and store, read back what it recorded, and make the AI proxy's CA. Exit "
+        'status: 0 done, 1 failed (configuration, store, no such key or user), 2 bad command line. '
+        'positional arguments: COMMAND keys bridge keys users users db the store interceptions recorded '
+        "interceptions usage token totals and cost budgets what users may spend ca the AI proxy's "
+        'certificate authority options: -h, --help show this help message and exit --version show '
+        "program's version number and exit {CONFIG}"),
     'keys': (
         'usage: bridgeproxy keys [-h] ACTION ... Create, list and revoke bridge keys. positional '
         'arguments: ACTION create create a key; prints it alone on stdout list list keys (hints only) '
@@ -500,6 +501,36 @@ HELP = {
         'message and exit {CONFIG} --by {initiator,client,model,day}[,...] what to group by; several '
         'comma-separated (default: initiator) --since SINCE ISO 8601 date or time (UTC unless it says '
         'otherwise) --json print a JSON array instead of a table'),
+    'budgets': (
+        'usage: bridgeproxy budgets [-h] ACTION ... Set, show and list what users may spend per UTC day, '
+        "week or month (amounts in units of the price table's currency). positional arguments: ACTION set"
+        " give a user a budget of their own show a user's budget, spend and what is left list every "
+        "budget and where its user stands remove remove a user's own budget options: -h, --help show this"
+        ' help message and exit'),
+    'budgets set': (
+        'usage: bridgeproxy budgets set [-h] [--config FILE] --amount AMOUNT [--period {day,week,month}] '
+        "user Give a user a budget of their own, replacing any they had; it overrides the configuration's"
+        ' default ([budgets] default_amount). positional arguments: user username or user id (a user id '
+        'the store does not know yet is taken as it is) options: -h, --help show this help message and '
+        'exit {CONFIG} --amount AMOUNT what the user may spend per period, e.g. 25 or 12.50 (0 blocks the'
+        ' user) --period {day,week,month} a UTC calendar day, week (Monday to Sunday) or month (default: '
+        'month)'),
+    'budgets show': (
+        'usage: bridgeproxy budgets show [-h] [--config FILE] [--json] user Show the budget that applies '
+        'to a user (their own, or the default), what they spent in the current period, what requests in '
+        'flight hold, and what is left. positional arguments: user username or user id (a user id the '
+        'store does not know yet is taken as it is) options: -h, --help show this help message and exit '
+        '{CONFIG} --json print a JSON object instead of text'),
+    'budgets list': (
+        'usage: bridgeproxy budgets list [-h] [--config FILE] [--json] List the users with a budget of '
+        'their own, then those under the default budget who spent something in its current period. '
+        'options: -h, --help show this help message and exit {CONFIG} --json print a JSON array instead '
+        'of a table'),
+    'budgets remove': (
+        "usage: bridgeproxy budgets remove [-h] [--config FILE] user Remove a user's own budget: the "
+        'default applies to them again (or nothing, without one). positional arguments: user username or '
+        'user id (a user id the store does not know yet is taken as it is) options: -h, --help show this '
+        'help message and exit {CONFIG}'),
     'ca': (
         'usage: bridgeproxy ca [-h] ACTION ... Make the CA the AI proxy signs its certificates with. '
         'positional arguments: ACTION create write a new CA certificate and key into a directory options: '

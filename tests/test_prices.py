@@ -16,7 +16,8 @@ import pytest
 from bridgeproxy import cli
 from bridgeproxy.config import parse
 from bridgeproxy.errors import ConfigError
-from bridgeproxy.prices import SHIPPED, Price, PriceTable, price, shipped_reference, table_for, undated
+from bridgeproxy.prices import (SHIPPED, Price, PriceTable, _anthropic, _openai, price, shipped_reference, table_for,
+                                undated)
 from bridgeproxy.store.database import Database, StoreError
 from bridgeproxy.store.schema import LATEST
 from bridgeproxy.types import Interception, Usage
@@ -43,10 +44,19 @@ def test_cost_adds_each_kind_of_token_at_its_price():
     assert p.cost(1000, 500, 2000, 100) == 3000 + 7500 + 600 + 375
 
 
-@pytest.mark.parametrize("tokens, micros", [(0, 0), (1, 0), (3, 0), (4, 1), (9, 1), (10, 2), (13, 2), (1_000_000, 150_000)])
+@pytest.mark.parametrize("tokens, micros", [(0, 0), (1, 0), (3, 0), (4, 1), (9, 1), (10, 2), (13, 2),
+                                            (1_000_000, 150_000)])
 def test_cost_rounds_to_the_nearest_micro_unit(tokens, micros):
     """A cost is whole micro-units, rounded half up: 0.15 USD/M is 0.15 micro-units a token."""
-    assert Price(150_000, 0, 0, 0).cost(tokens, 0) == micros
+    cost = Price(150_000, 0, 0, 0).cost(tokens, 0)
+    assert cost == micros and type(cost) is int  # an integer in the store and in JSON, never 2.0
+
+
+def test_cache_tokens_not_given_cost_nothing():
+    """Without cache counts (a provider that reports none), only input and output are priced."""
+    p = Price(input=1_000_000, output=2_000_000, cache_read=5_000_000, cache_write=7_000_000)
+    assert p.cost(10, 10) == 30
+    assert p.cost(10, 10, 10) == 80
 
 
 def test_cost_has_no_float_error_on_large_counts():
@@ -120,6 +130,14 @@ def test_known_prices_of_the_shipped_table():
             assert entry.output >= entry.input > 0 and entry.cache_read <= entry.input, name
 
 
+def test_how_the_shipped_table_reads_the_published_prices():
+    """OpenAI: cache writes at the input price, no cached price means the input price.  Anthropic: cache
+    reads at a tenth of the input price, cache writes (5 minutes) at 1.25 times."""
+    assert _openai(2.00, 0.50, 8.00) == Price(2_000_000, 8_000_000, 500_000, 2_000_000)
+    assert _openai(30.00, None, 60.00) == Price(30_000_000, 60_000_000, 30_000_000, 30_000_000)
+    assert _anthropic(4.00, 20.00) == Price(4_000_000, 20_000_000, 400_000, 5_000_000)
+
+
 def test_the_docs_show_the_shipped_prices():
     """docs/spend.md lists every shipped price as the table holds it (amounts per million tokens)."""
     text = (pathlib.Path(__file__).parent.parent / "docs" / "spend.md").read_text()
@@ -131,11 +149,13 @@ def test_the_docs_show_the_shipped_prices():
 
 
 def test_lookups_are_cached_and_bounded():
-    """Model names come from clients: the table's memory of lookups stays bounded."""
+    """Model names come from clients: the table's memory of lookups stays bounded (1024 names)."""
     table = PriceTable({"openai": "openai"})
+    sizes = set()
     for i in range(5000):
         table.price("openai", f"made-up-{i}")
-    assert len(table._found) <= 1024
+        sizes.add(len(table._found))
+    assert max(sizes) == 1024
     assert table.price("openai", "gpt-4o") == SHIPPED["openai"]["gpt-4o"]
 
 
@@ -156,6 +176,28 @@ def test_configured_prices_replace_and_add():
     assert table.price("openai", "gpt-4o-2024-08-06") == Price(2_000_000, 8_000_000, 500_000, 2_000_000)
     assert table.price("anthropic", "claude-next-20260101") == Price(1_500_000, 7_500_000, 1_500_000, 2_000_000)
     assert table.price("openai", "gpt-4o-mini") == SHIPPED["openai"]["gpt-4o-mini"]  # untouched
+
+
+def test_configured_model_names_may_hold_slashes():
+    """An openai-compatible backend's models are often named "org/model": the provider is what comes
+    before the first slash."""
+    providers = {"local": {"plugin": "openai-compatible", "base_url": "http://llm.test/v1"}}
+    table = table_for(config({"local/meta-llama/Llama-3.1-70B": {"input": 0.5, "output": 0.9}}, providers))
+    assert table.price("local", "meta-llama/llama-3.1-70b") == Price(500_000, 900_000, 500_000, 500_000)
+
+
+def test_prices_for_a_provider_that_is_not_configured_are_ignored():
+    """A price table given an entry for no configured provider prices nothing with it, and does not fail."""
+    table = PriceTable({"openai": "openai"}, {"gone/gpt-4o": price(1, 1)})
+    assert table.price("gone", "gpt-4o") is None
+    assert table.price("openai", "gpt-4o") == SHIPPED["openai"]["gpt-4o"]
+
+
+def test_cost_prices_every_kind_of_token_of_the_usage():
+    """A usage's cache reads and writes are priced at their own rates (Anthropic's cache write: 1.25x input)."""
+    usage = Usage(input_tokens=1000, output_tokens=100, cache_read_tokens=10_000, cache_write_tokens=2000)
+    # claude-sonnet-4-5: 3.00 in, 15.00 out, 0.30 cache read, 3.75 cache write (USD per million tokens)
+    assert DEFAULT.cost("anthropic", "claude-sonnet-4-5", usage) == 3000 + 1500 + 3000 + 7500
 
 
 def test_configured_prices_are_per_provider_and_case_insensitive():

@@ -65,3 +65,34 @@ def test_paths_and_errors_in_records_are_printable_and_masked():
            {"Authorization": f"Bearer {TOKEN}"})
     (r,) = g.records
     assert len(r.error) == 1000 and OPENAI_KEY not in r.error and r.error.startswith("bad key sk-c...")
+
+
+def test_the_prompt_and_model_of_each_route():
+    """The recorded prompt is read the route's way (Responses `input`, chat `messages`); a model that is not a
+    string is not recorded as one; every record has its own UUID."""
+    import uuid
+    g = memory.gateway()
+    g.upstream.handler = memory.json_answer(200, {})
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    g.send("POST", "/openai/v1/responses", {"model": "gpt-5", "input": "from responses"}, auth)
+    g.send("POST", "/openai/v1/chat/completions", {"model": 5, "messages": [{"role": "user", "content": "chat"}]},
+           auth)
+    assert [(r.prompt, r.model) for r in g.records] == [("from responses", "gpt-5"), ("chat", None)]
+    ids = [uuid.UUID(r.id) for r in g.records]
+    assert all(i.version == 4 for i in ids) and ids[0] != ids[1]
+
+
+def test_secrets_of_six_characters_or_more_are_masked():
+    """A secret is masked wherever it appears from six characters on; a shorter one (too likely to be a common
+    word) is left alone."""
+    from bridgeproxy.proxy.exchange import Exchange
+    from bridgeproxy.proxy.records import scrub
+    from bridgeproxy.types import Credential
+    for token, masked in (("abcdef", "..."), ("abcde", "abcde")):
+        ex = Exchange(request=None, started=0, credential=Credential(token, "authorization"))
+        assert scrub(f"key {token} again {token}", ex) == f"key {masked} again {masked}"
+
+
+def test_a_path_is_cut_at_its_first_question_mark():
+    from bridgeproxy.proxy.records import printable
+    assert printable(b"/v1/x?a=1?b=2") == "/v1/x"

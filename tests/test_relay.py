@@ -267,3 +267,22 @@ def test_error_body_keeps_exactly_up_to_its_cap():
     body.dataReceived(b"9abc")
     body.dataReceived(b"d")
     assert b"".join(body.chunks) == b"0123456789" and body.size == 10
+
+
+def test_silence_from_the_start_is_a_stall():
+    """An upstream that sends no body byte at all is a stall after the timeout, counted from the connection."""
+    r, clock, client, upstream, _, _ = relay()
+    clock.advance(TIMEOUT - 0.1)
+    assert not upstream.stopped
+    clock.advance(0.1)
+    assert upstream.stopped and client.body.startswith(b"TAIL timeout: ")
+
+
+def test_a_client_that_leaves_after_the_stall_changes_nothing():
+    """Once a stall has ended the relay, the client's leaving neither changes how it ended nor stops the
+    upstream again."""
+    r, clock, client, upstream, ended, _ = relay()
+    clock.advance(TIMEOUT)
+    r.stopProducing()
+    r.connectionLost(broken())
+    assert upstream.calls == ["stop"] and ended[0][0] == STALLED

@@ -66,6 +66,10 @@ def headers(**values):
     ({"retry_after_ms": "1500"}, 1.5),
     ({"retry_after_ms": "250", "retry_after": "9"}, 0.25),  # OpenAI's, finer, first
     ({"retry_after_ms": "soon", "retry_after": "9"}, 9.0),
+    ({"retry_after_ms": "0"}, 0.0),  # "now", not unreadable
+    ({"retry_after_ms": "0.5"}, 0.0005),
+    ({"retry_after_ms": "inf", "retry_after": "9"}, 9.0),
+    ({"retry_after_ms": "-1", "retry_after": "9"}, 9.0),
     ({"retry_after": "-3"}, None),
     ({"retry_after": "nan"}, None),
     ({"retry_after": "inf"}, None),
@@ -94,6 +98,23 @@ def test_backoff_doubles_jittered_and_capped():
     policy.random = lambda: 0.999999
     assert [round(policy.backoff(n), 3) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 3.0]
     assert policy.backoff(1000) == pytest.approx(3.0)
+
+
+def test_backoff_stops_doubling_after_30_doublings():
+    """However many attempts, the wait is a number (never an overflow): at most backoff * 2^30 before the cap."""
+    policy = Retries(RetriesConfig(max=100_000, backoff=1, max_backoff=1e12), Clock(), random=lambda: 0.0)
+    assert policy.backoff(31) == policy.backoff(32) == policy.backoff(100_000) == 2 ** 30 / 2
+
+
+def test_a_retry_after_date_is_read_against_the_clock():
+    """Retry-After as an HTTP date: the wait is from the injected clock's now."""
+    clock = Clock()
+    clock.advance(1_000_000)
+    policy = Retries(RetriesConfig(max=2, retry_after_cap=10), clock)
+    asked = headers(retry_after=email.utils.formatdate(1_000_004, usegmt=True))
+    assert policy.after_answer(1, 503, asked) == 4.0
+    clock.advance(3)
+    assert policy.after_answer(1, 503, asked) == 1.0
 
 
 def test_only_429_502_503_are_retried_and_only_max_times():

@@ -113,7 +113,7 @@ def test_migrating_a_store_with_rows_backfills_the_rollups(tmp_path):
         data = dict(zip(RECORD_KEYS, record_row(r)))
         old.execute(f"INSERT INTO interceptions ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
                     [data[c] for c in columns])
-    assert old.migrate() == [5]
+    assert old.migrate() == [5, 6]  # 5 the dashboard, 6 budgets
     assert q.usage_by(old, "initiator", 0, 1e12) == direct(old, "initiator")
     assert q.sessions(old)[0] and sum(s["requests"] for s in q.sessions(old)[0]) == 24
     old.insert_interceptions(rows)

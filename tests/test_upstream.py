@@ -69,6 +69,7 @@ def test_a_url_the_client_would_not_send_as_given_is_refused():
         failures = []
         upstream.request(b"GET", url, Headers(), None).addErrback(failures.append)
         assert failures and failures[0].check(BadRequest)
+        assert failures[0].value.message == "Refused path: it would not reach the provider as it was checked."
     assert g.upstream.seen == []
     answers = []
     upstream.request(b"GET", b"http://upstream.test/v1/models", Headers(), None).addCallback(answers.append)
@@ -83,3 +84,32 @@ def test_the_path_rules_refuse_what_a_client_would_rewrite():
         assert unsafe_path(path) is not None, path
     for path in (b"/v1/models/gpt-4o", b"/v1/models/ft:gpt-4o:acme:x@y", b"/v1/a%20b", b"/v1/r_1~(x)!*'$&+,="):
         assert unsafe_path(path) is None, path
+
+
+def test_every_accept_encoding_the_client_sent_reaches_a_passthrough():
+    """A client's several Accept-Encoding headers all reach a passthrough upstream, and nothing is added."""
+    g = memory.gateway()
+    g.send("GET", "/openai/v1/models", None, {**BEARER, "Accept-Encoding": ["br", "deflate"]})
+    g.send("GET", "/openai/v1/models", None, {**BEARER, "Accept-Encoding": "identity"})
+    assert [s.headers.get(b"accept-encoding") for s in g.upstream.seen] == [[b"br", b"deflate"], [b"identity"]]
+
+
+def test_a_url_in_the_query_string_is_sent_as_it_is():
+    """A query parameter that is itself a URL (its own `://`) does not confuse the check of what is sent."""
+    g = memory.gateway()
+    answer = g.send("GET", "/openai/v1/models?after=https://x.example/y&limit=2", None, BEARER)
+    assert answer.status == 200
+    assert g.upstream.seen[0].uri == b"/v1/models?after=https://x.example/y&limit=2"
+
+
+def test_a_url_without_a_path_is_sent_for_the_root():
+    """An upstream URL with no path at all (a bare host) is sent as `/`, not refused."""
+    from twisted.web.http_headers import Headers
+
+    from bridgeproxy.proxy.upstream import Upstream
+    g = memory.gateway()
+    answers = []
+    Upstream(g.upstream_agent, g.clock).request(b"GET", b"http://upstream.test", Headers(), None).addBoth(
+        answers.append)
+    g.pump()
+    assert answers[0].code == 200 and g.upstream.seen[0].uri == b"/"

@@ -22,9 +22,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import ssl
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from bridgeproxy.errors import ConfigError
+
+log = Logger(namespace="bridgeproxy.aiproxy")
 
 #: The file names C{bridgeproxy ca create} writes.
 CA_CERT_FILE = "ca.pem"
@@ -52,7 +55,7 @@ def create_ca(directory: str, *, days: int = 3650, now: Optional[float] = None) 
     Write a new CA certificate (C{ca.pem}) and its private key
     (C{ca-key.pem}, mode 0600) into C{directory} (made if missing).
 
-    The certificate may sign server certificates only (C{pathLen=0}); its
+    The certificate may not sign other CAs (C{pathLen=0}); its
     name carries a random suffix, so that two deployments' CAs are told
     apart in a trust store.
 
@@ -116,6 +119,7 @@ class CertificateAuthority:
         self.pem = cert.public_bytes(serialization.Encoding.PEM)
         self._leaf_key = ec.generate_private_key(ec.SECP256R1())
         self._leaves: dict[str, tuple[float, x509.Certificate, TLSMemoryBIOFactory]] = {}
+        self._expiry_logged = False
         try:
             ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
             self._authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
@@ -159,7 +163,29 @@ class CertificateAuthority:
             raise ConfigError(f"aiproxy.ca_cert: {cert_path!r} is not a CA certificate (basicConstraints CA:TRUE)")
         if cert.not_valid_after_utc <= _utc(clock.seconds()):
             raise ConfigError(f"aiproxy.ca_cert: {cert_path!r} expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+        try:
+            mode = os.stat(key_path).st_mode
+        except OSError:
+            mode = 0
+        if mode & 0o077:
+            log.warn("aiproxy.ca_key: {path} can be read by others than its owner (mode {mode}); whoever reads it "
+                     "can impersonate any site to the clients that trust the CA: chmod 600 it",
+                     path=key_path, mode=f"{mode & 0o777:04o}")
         return cls(cert, key, clock, metrics)
+
+    def expired(self) -> bool:
+        """
+        Whether the CA has expired (no leaf it signs would be trusted).  The
+        first time it is found so, one error is logged.
+        """
+        if self.cert.not_valid_after_utc > _utc(self.clock.seconds()):
+            return False
+        if not self._expiry_logged:
+            self._expiry_logged = True
+            log.error("aiproxy: the CA certificate expired on {date}; CONNECTs to the decrypted hosts get 503 "
+                      "until a new CA is made (bridgeproxy ca create), trusted by the clients and configured",
+                      date=f"{self.cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+        return True
 
     def tls_for(self, host: str) -> TLSMemoryBIOFactory:
         """

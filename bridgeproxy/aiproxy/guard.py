@@ -10,16 +10,23 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Iterable, Sequence, Union
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, maybeDeferred
 from twisted.internet.interfaces import IResolutionReceiver
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 #: NAT64's well-known prefix (RFC 6052): its addresses reach the IPv4 address in their last 32 bits.
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-#: Ranges Python's tables may not know as special (RFC 8215's local-use NAT64 prefix).
-_NOT_PUBLIC = (ipaddress.IPv6Network("64:ff9b:1::/48"),)
+#: Ranges Python's tables may not know as special (they differ between versions).
+_NOT_PUBLIC = (
+    ipaddress.IPv4Network("192.0.0.0/24"),  # IETF protocol assignments (RFC 6890)
+    ipaddress.IPv6Network("64:ff9b:1::/48"),  # local-use NAT64 (RFC 8215)
+    ipaddress.IPv6Network("::/96"),  # IPv4-compatible (deprecated; ::127.0.0.1 may reach the loopback)
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),  # IPv4-translated (SIIT, RFC 2765)
+    ipaddress.IPv6Network("fec0::/10"),  # site-local (deprecated, RFC 3879)
+)
 
 
 def _plain(address: Address) -> Address:
@@ -48,7 +55,8 @@ def is_public(address: Address) -> bool:
         return is_public(plain)
     if any(address in net for net in _NOT_PUBLIC if net.version == address.version):
         return False
-    return address.is_global and not address.is_multicast and not address.is_unspecified
+    return (address.is_global and not address.is_multicast and not address.is_unspecified
+            and not address.is_reserved and not getattr(address, "is_site_local", False))
 
 
 class Guard:
@@ -114,4 +122,49 @@ class Resolver:
         return receiver.done
 
 
-__all__ = ["Guard", "Resolver", "is_public"]
+#: Tunnels' name lookups running at once, at most: they share the reactor's
+#: threads with the bridge's own lookups of its providers.
+MAX_LOOKUPS = 4
+
+
+class Lookups:
+    """
+    A resolver's lookups, at most C{limit} at once; the others wait their turn.
+
+    Cancelling a lookup that waits takes it out of the queue.  One that has
+    started keeps its turn until it ends (a thread doing C{getaddrinfo}
+    cannot be stopped): the caller gets L{CancelledError} at once.
+    """
+
+    def __init__(self, resolver: Any, limit: int = MAX_LOOKUPS):
+        self.resolver = resolver
+        self._turns = DeferredSemaphore(limit)
+
+    def resolve(self, host: str, port: int) -> "Deferred[list[str]]":
+        """C{resolver.resolve(host, port)}, in turn."""
+        turn = self._turns.acquire()
+        result: Deferred = Deferred(lambda d: turn.cancel())
+
+        def start(_: Any) -> None:
+            if result.called:  # cancelled meanwhile
+                self._turns.release()
+                return
+            maybeDeferred(self.resolver.resolve, host, port).addBoth(done)
+
+        def done(outcome: Any) -> None:
+            self._turns.release()
+            if result.called:
+                return
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+
+        def dequeued(failure: Failure) -> None:
+            failure.trap(CancelledError)  # cancelled while waiting: nothing was started
+
+        turn.addCallbacks(start, dequeued)
+        return result
+
+
+__all__ = ["Guard", "Lookups", "MAX_LOOKUPS", "Resolver", "is_public"]

@@ -17,7 +17,9 @@ not let it do):
                                      nothing else is forwarded in the clear
 
 Nothing is answered until the decision is made; the client's connection is
-not read meanwhile.
+not read meanwhile.  After an answer that ends the connection (a refusal,
+the CA certificate) the client's bytes are read and dropped until it closes
+its side, or for L{CLOSE_TIMEOUT} seconds at most.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-from typing import Any, Optional
+from http import HTTPStatus
+from typing import Any, Optional, Sequence
 
 from twisted.internet import endpoints
 from twisted.internet.defer import CancelledError, maybeDeferred, succeed
@@ -37,7 +40,7 @@ from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
 from bridgeproxy.aiproxy.ca import CertificateAuthority
-from bridgeproxy.aiproxy.guard import Guard, Resolver
+from bridgeproxy.aiproxy.guard import Guard, Lookups, Resolver
 from bridgeproxy.aiproxy.head import MAX_HEAD, BadHead, ProxyRequest, absolute_host, parse_authority, parse_head, \
     proxy_token
 from bridgeproxy.aiproxy.mitm import Tunnel, TunnelRequest, TunnelResource, tunnel_channel
@@ -51,6 +54,9 @@ log = Logger(namespace="bridgeproxy.aiproxy")
 HEAD_TIMEOUT = 30.0
 #: Seconds the proxy may take to check a key and reach a tunnel's target.
 DECIDE_TIMEOUT = 60.0
+#: Seconds a client has, after an answer the proxy closes on, to end its side
+#: (a TLS listener waits for the client's close_notify); then it is cut.
+CLOSE_TIMEOUT = 5.0
 
 _PHRASES = {
     400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
@@ -65,6 +71,22 @@ _ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _CANCELLED = (CancelledError,)
 
 
+def _phrase(status: int) -> bytes:
+    """The reason phrase of C{status}."""
+    phrase = _PHRASES.get(status)
+    if phrase is None:
+        try:
+            phrase = HTTPStatus(status).phrase.encode("ascii")
+        except ValueError:
+            phrase = b"Error"
+    return phrase
+
+
+def _header_bytes(value: str) -> bytes:
+    """A header name or value for the answer: Latin-1, without line breaks."""
+    return value.encode("latin-1", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+
+
 def _outcome(status: int) -> str:
     """A CONNECT's outcome for the metric, from its refusal status."""
     if status == 407:
@@ -72,6 +94,18 @@ def _outcome(status: int) -> str:
     if status in (502, 504):
         return "unreachable"
     return "refused"
+
+
+class _OneShot(Factory):
+    """The factory of one outgoing connection of a tunnel (quiet: no log line per tunnel)."""
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol):
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self._protocol
 
 
 class ProxyConnection(Protocol):
@@ -85,6 +119,9 @@ class ProxyConnection(Protocol):
         self._reading_head = True
         self._timer: Any = None
         self._gone = False
+        #: Answered; the connection is ending (what the client sends is dropped).
+        self._closing = False
+        self._close_timer: Any = None
         self._pending: Any = None
         #: The TLS layer of a decrypted tunnel (the bridge's channel inside it).
         self._tls: Optional[TLSMemoryBIOProtocol] = None
@@ -115,9 +152,17 @@ class ProxyConnection(Protocol):
         if self._splice is not None:
             self._splice.received(0, data)
             return
+        if self._closing:
+            return  # answered: nothing more is read
         self._buffer += data
         if not self._reading_head:
-            return  # the start of a tunnel's bytes, kept for when it opens
+            # The start of a tunnel's bytes, kept for when it opens; not
+            # without end (the connection is paused meanwhile, but a TLS
+            # listener's connection may still hand over what it holds).
+            if len(self._buffer) > MAX_HEAD:
+                self._closing = True
+                self.transport.abortConnection()
+            return
         end = self._buffer.find(b"\r\n\r\n")
         if end < 0 or end > MAX_HEAD:
             if len(self._buffer) > MAX_HEAD:
@@ -142,6 +187,9 @@ class ProxyConnection(Protocol):
     def connectionLost(self, reason: Any = None) -> None:
         self._gone = True
         self._cancel_timer()
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.cancel()
@@ -225,6 +273,9 @@ class ProxyConnection(Protocol):
             self._refuse(403, f"Port {port} is not allowed (allowed: {allowed}).")
             return
         if provider_name is not None:
+            if self.proxy.ca.expired():
+                self._refuse(503, "The AI proxy's CA certificate has expired; an administrator must renew it.")
+                return
             self._decrypt(host, provider_name, token)
         else:
             self._resolve(host, port)
@@ -234,7 +285,13 @@ class ProxyConnection(Protocol):
         if self._gone or failure.check(*_CANCELLED):
             return
         if failure.check(BridgeError):
-            self._refuse(503, failure.value.message)
+            # The backend's own answer, as on the bridge's own listener (a
+            # suspended user's 403, a deployment that is down's 503 and its
+            # Retry-After); a key it refuses is the proxy's 407.
+            error = failure.value
+            status = 407 if error.status == 401 else error.status
+            self._refuse(status, error.message, kind=error.kind,
+                         headers=[(_header_bytes(name), _header_bytes(value)) for name, value in error.headers.items()])
             return
         log.failure("aiproxy: checking a bridge key failed", failure)
         self._refuse(503, "The bridge key could not be checked; try again shortly.")
@@ -270,7 +327,7 @@ class ProxyConnection(Protocol):
         try:
             d = succeed([str(ipaddress.ip_address(host))])  # an address already: nothing to resolve
         except ValueError:
-            d = maybeDeferred(self.proxy.resolver.resolve, host, port)
+            d = self.proxy.lookups.resolve(host, port)
         self._pending = d
         d.addCallbacks(self._resolved, self._unresolved, callbackArgs=(host, port), errbackArgs=(host,))
         d.addErrback(self._crashed)
@@ -308,7 +365,7 @@ class ProxyConnection(Protocol):
             kind = endpoints.TCP6ClientEndpoint if ":" in address else endpoints.TCP4ClientEndpoint
             endpoint = kind(proxy.reactor, address, port, timeout=timeout)
             outbound = Outbound()
-        d = endpoints.connectProtocol(endpoint, outbound)
+        d = endpoint.connect(_OneShot(outbound))
         d.addCallback(lambda outbound: outbound.ready)
         self._pending = d
         d.addCallbacks(self._spliced, self._unreachable, errbackArgs=(addresses[1:], port))
@@ -354,29 +411,46 @@ class ProxyConnection(Protocol):
         metrics.aiproxy_tunnels.labels(kind).inc()
         log.info("aiproxy CONNECT {target} user={user}: {kind}", target=self._target, user=self._user, kind=kind)
 
-    def _refuse(self, status: int, message: str) -> None:
-        """Answer with an error in the provider's shape (the target's, else OpenAI's) and close."""
+    def _refuse(self, status: int, message: str, kind: Optional[str] = None,
+                headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        """
+        Answer with an error in the provider's shape (the target's, else
+        OpenAI's) and close.
+
+        @param kind: the neutral error kind (by default the status's).
+        @param headers: more headers for the answer.
+        """
         self._cancel_timer()
-        kind = _KINDS.get(status, "api_error")
+        if status == 407:
+            kind = "authentication"
+        elif kind is None:
+            kind = _KINDS.get(status, "api_error")
         provider = self._provider
         body = provider.error_body(kind, message) if provider is not None else \
             json.dumps(openai_error(kind, message)).encode("utf-8")
-        headers = [(b"Content-Type", b"application/json")]
+        headers = [(b"Content-Type", b"application/json"), *headers]
         if status == 407:
             headers.append((b"Proxy-Authenticate", b'Basic realm="bridgeproxy"'))
         if self._connect:
             self.proxy.metrics.aiproxy_connects.labels(_outcome(status)).inc()
             log.info("aiproxy CONNECT {target} user={user}: refused {status} ({message})",
                      target=self._target or "?", user=self._user, status=status, message=message)
-        self._answer(status, _PHRASES.get(status, b"Error"), headers, body)
+        self._answer(status, _phrase(status), headers, body)
 
     def _answer(self, status: int, phrase: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
                 length: Optional[int] = None) -> None:
         lines = [b"HTTP/1.1 %d %s" % (status, phrase)]
         lines += [name + b": " + value for name, value in headers]
         lines += [b"Content-Length: %d" % (len(body) if length is None else length), b"Connection: close"]
+        self._closing = True
+        self._buffer = b""
         self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        # Read again, to see the client's end: a TLS listener's connection
+        # ends only once the client's close_notify (or its close) is read.
+        self.transport.resumeProducing()
         self.transport.loseConnection()
+        if not self._gone:
+            self._close_timer = self.proxy.reactor.callLater(CLOSE_TIMEOUT, self.transport.abortConnection)
 
     def _timed_out(self, status: int, message: str) -> None:
         self._timer = None
@@ -409,6 +483,8 @@ class AIProxy(Factory):
         self.ca = ca
         self.reactor = reactor
         self.resolver = resolver if resolver is not None else Resolver(reactor)
+        #: The tunnels' lookups, a few at a time (see L{Lookups}).
+        self.lookups = Lookups(self.resolver)
         #: The decrypted tunnels' site: the bridge's pipeline, the bridge's request class.
         self.site = make_site(TunnelResource(app.bridge), app.config.max_body_bytes, reactor)
         self.site.requestFactory = type(  # type: ignore[assignment]

@@ -22,6 +22,7 @@ _ERRORS = {
     "not_found": "not_found_error",
     "request_too_large": "request_too_large",
     "rate_limit": "rate_limit_error",
+    "budget": "rate_limit_error",
     "overloaded": "overloaded_error",
     "timeout": "timeout_error",
     "api_error": "api_error",

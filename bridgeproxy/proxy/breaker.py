@@ -52,11 +52,12 @@ class Breaker:
         self._on_change = on_change
         self.state = CLOSED
         #: Bumped at every change of state: a ticket from another generation has no say.
-        self._generation = 0
+        self._generation = 0  # pragma: no mutate - any start works: only equality with a ticket matters
         self._run: deque[float] = deque()
-        self._opened_at = 0.0
-        self._probes = 0
-        self._passed = 0
+        # Read only while open or half-open, and set by the change to that state (no start value matters):
+        self._opened_at = 0.0  # pragma: no mutate
+        self._probes = 0  # pragma: no mutate
+        self._passed = 0  # pragma: no mutate
 
     def admit(self) -> int:
         """
@@ -72,7 +73,7 @@ class Breaker:
             if wait > 0:
                 raise CircuitOpen(
                     f"The provider {self.name} is failing; the gateway stopped sending it requests for "
-                    f"{math.ceil(wait)} s.", headers={"Retry-After": str(max(1, math.ceil(wait)))})
+                    f"{math.ceil(wait)} s.", headers={"Retry-After": str(math.ceil(wait))})
             self._change(HALF_OPEN)
         if self.state == HALF_OPEN:
             if self._probes >= self.config.probes:

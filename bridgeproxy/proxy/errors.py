@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_pipeline -*-
+# -*- test-case-name: tests.test_errors,tests.test_pipeline -*-
 """
 The one place where a refusal becomes an HTTP answer in the provider's
 own error shape.
@@ -23,10 +23,11 @@ def write_error(request: Any, provider: Optional[Any], error: BridgeError) -> No
     else:
         body = dumps(openai_error(error.kind, error.message))
     request.setResponseCode(error.status, _phrase(error.status))
-    request.responseHeaders.setRawHeaders(b"Content-Type", [b"application/json"])
-    request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+    # (Header names are case-insensitive: Twisted writes them capitalised.)
+    request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+    request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
     for name, value in error.headers.items():
-        request.responseHeaders.setRawHeaders(name.encode("latin-1"), [value.encode("latin-1")])
+        request.responseHeaders.setRawHeaders(name, [value.encode("latin-1")])
     request.write(body)
     request.finish()
 

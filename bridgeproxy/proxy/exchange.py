@@ -54,6 +54,8 @@ class Exchange:
     #: through and its ticket, until the breaker is told how it went.
     attempts: int = 0
     ticket: Optional[tuple[Any, int]] = None
+    #: Its place in the store's budget holds, until it is settled (L{bridgeproxy.proxy.admission.Ticket}).
+    admitted: Any = None
     #: The stage in progress: the upstream request not answered yet (or the
     #: wait before a retry), the timer on it, the relay of its answer, or the
     #: error body being read.

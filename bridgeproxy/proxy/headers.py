@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_headers -*-
+# -*- test-case-name: tests.test_headers,tests.test_byok_bridge_key -*-
 """
 Header hygiene (SPEC section 3): what reaches the upstream, and what of the
 upstream's answer reaches the client.
@@ -11,7 +11,8 @@ from typing import Any, Iterable, Optional
 from twisted.web.http_headers import Headers
 
 from bridgeproxy.auth import PROVIDER_KEY_SOURCES, bearer_token, single_header
-from bridgeproxy.errors import NotConfigured, PermissionDenied
+from bridgeproxy.errors import BadRequest, NotConfigured, PermissionDenied
+from bridgeproxy.store.database import TOKEN_PREFIX
 from bridgeproxy.types import Credential, Initiator
 
 #: Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded either way.
@@ -88,6 +89,7 @@ def apply_credential(
     @return: C{(kind, key)}: C{"centralized"} or C{"byok"} and the key sent
         (for the masked hint; never log it), L{None} when the provider
         needs none and none is configured.
+    @raise BadRequest: a second bridge key where a client's own key goes.
     @raise PermissionDenied: a client's own key when BYOK is not allowed.
     @raise NotConfigured: no provider key configured where one is needed.
     """
@@ -101,6 +103,11 @@ def apply_credential(
             authorization = None
         if api_key == credential.token:
             api_key = None
+        # Nor is another bridge key (another user's, or another of the
+        # client's): no provider key looks like one, and a bridge key never
+        # reaches an upstream.
+        if any(key is not None and key.startswith(TOKEN_PREFIX) for key in (authorization, api_key)):
+            raise BadRequest("Send one bridge key: a second one is not a provider key, and is not forwarded.")
         if authorization or api_key:
             if not allow_byok:
                 raise PermissionDenied(

@@ -32,10 +32,11 @@ from collections import deque
 from typing import Any, Optional
 
 import httptools
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
+from twisted.web import client as _client
 from twisted.web.client import URI, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -48,20 +49,29 @@ _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"))
 _EXPECT_BODY = frozenset((b"POST", b"PUT", b"PATCH"))
 
 
-class ResponseNeverReceived(Exception):
-    """The connection ended (or failed) before an answer's headers arrived."""
+class ResponseNeverReceived(_client.ResponseNeverReceived):
+    """
+    The connection ended (or failed) before an answer's headers arrived:
+    Twisted's exception (C{reasons}), with the one C{reason} and its message.
+    """
 
     def __init__(self, reason: Failure):
-        super().__init__(reason.getErrorMessage())
+        super().__init__([reason])
         self.reason = reason
 
+    def __str__(self) -> str:
+        return self.reason.getErrorMessage()
 
-class ResponseFailed(Exception):
-    """The connection ended (or the parser failed) in the middle of an answer's body."""
+
+class ResponseFailed(_client.ResponseFailed):
+    """The connection ended (or the parser failed) in the middle of an answer's body (as L{ResponseNeverReceived})."""
 
     def __init__(self, reason: Failure):
-        super().__init__(reason.getErrorMessage())
+        super().__init__([reason])
         self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason.getErrorMessage()
 
 
 class BadResponse(Exception):
@@ -167,14 +177,13 @@ class _BodyTransport:
 class _Exchange:
     """One request on its way: what to write, and the Deferred waiting for the answer."""
 
-    def __init__(self, method: bytes, uri: bytes, head: bytes, body: Optional[bytes], producer: Any,
-                 sent: _Sent):
-        self.method, self.uri, self.head, self.body, self.producer, self.sent = (
-            method, uri, head, body, producer, sent)
+    def __init__(self, method: bytes, head: bytes, body: Optional[bytes], producer: Any, sent: _Sent):
+        self.method, self.head, self.body, self.producer, self.sent = method, head, body, producer, sent
         self.deferred: Deferred = Deferred(self._cancel)
         self.connecting: Optional[Deferred] = None
-        self.connection: Optional[_Connection] = None
-        self.retried = False
+        # Set (by the connect, or the reuse of a pooled connection) before a cancel can read it:
+        self.connection: Optional[_Connection] = None  # pragma: no mutate
+        self.retried = False  # pragma: no mutate - None is as false
 
     def retryable(self) -> bool:
         return self.method in _IDEMPOTENT and self.body is None and self.producer is None and not self.retried
@@ -217,19 +226,23 @@ class _Connection(Protocol):
 
     def __init__(self, pool: "PooledAgent", key: tuple):
         self._pool, self.key = pool, key
+        # The connection is handed its first request (L{send}) as soon as it is made, and each of these is
+        # set again for every request, or by the answer's head, before it is read (and None would do for
+        # each False: they are only tested for truth).
+        # pragma: no mutate start
         self._exchange: Optional[_Exchange] = None
         self._response: Optional[Response] = None
         self._parser: Any = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._phrase = b""
-        self._received = False
         self._body_sent = True
         self._complete = False
         self._close_delimited = False
         self._paused = False
         self._lost = False
         self._keep_alive = False
-        self.reused = False
+        # pragma: no mutate end
+        self.reused = False  # pragma: no mutate - None is as false
         self.idle_timer: Any = None
 
     # -- requests --------------------------------------------------------------------
@@ -239,21 +252,23 @@ class _Connection(Protocol):
         exchange.connection = self
         self._parser = httptools.HttpResponseParser(self)
         self._headers, self._phrase = [], b""
-        self._received = self._complete = False
+        self._complete = False  # pragma: no mutate - None is as false
         transport = self.transport
         if exchange.producer is None:
             transport.write(exchange.head + exchange.body if exchange.body else exchange.head)
             self._body_sent = True
             return
-        self._body_sent = False
+        self._body_sent = False  # pragma: no mutate - None is as false
         transport.write(exchange.head)
         chunked = exchange.producer.length is UNKNOWN_LENGTH
         d = exchange.producer.startProducing(_ProducerConsumer(transport, chunked))
         d.addCallbacks(self._produced, self._produce_failed, callbackArgs=(exchange, chunked),
                        errbackArgs=(exchange,))
 
+    # A lost connection has no exchange: one that is not this connection's is over.
+
     def _produced(self, _: Any, exchange: _Exchange, chunked: bool) -> None:
-        if exchange is not self._exchange or self._lost:
+        if exchange is not self._exchange:
             return
         if chunked:
             self.transport.write(b"0\r\n\r\n")
@@ -262,9 +277,8 @@ class _Connection(Protocol):
             self._release()  # the answer came before the whole body was sent
 
     def _produce_failed(self, failure: Failure, exchange: _Exchange) -> None:
-        if exchange is self._exchange and not self._lost:
+        if exchange is self._exchange:
             self.abort()
-        return None
 
     # -- flow control (from the body protocol) ------------------------------------------
 
@@ -275,7 +289,7 @@ class _Connection(Protocol):
 
     def resume(self) -> None:
         if self._paused:
-            self._paused = False
+            self._paused = False  # pragma: no mutate - None is as false
             self.transport.resumeProducing()
 
     def body_wanted(self) -> None:
@@ -284,8 +298,7 @@ class _Connection(Protocol):
 
     def abort(self) -> None:
         if not self._lost:
-            abort = getattr(self.transport, "abortConnection", None)
-            (abort or self.transport.loseConnection)()
+            self.transport.abortConnection()
 
     # -- httptools callbacks --------------------------------------------------------------
     # They run inside C{feed_data}; the end of an answer is acted on once it
@@ -313,7 +326,7 @@ class _Connection(Protocol):
             return
         headers = Headers()
         length: Any = UNKNOWN_LENGTH
-        chunked = False
+        chunked = False  # pragma: no mutate - None is as false
         for name, value in self._headers:
             headers.addRawHeader(name, value)
             lowered = name.lower()
@@ -327,8 +340,7 @@ class _Connection(Protocol):
             length = 0
         self._close_delimited = length is UNKNOWN_LENGTH and not chunked
         response = self._response = Response(self, code, self._phrase, headers, length, exchange.sent)
-        self._headers = []
-        self._received = True
+        self._headers = []  # trailers of a chunked body come as headers too
         if exchange.method == b"HEAD":
             # httptools would wait for the body a Content-Length announces.
             self._complete, self._keep_alive = True, False
@@ -345,7 +357,10 @@ class _Connection(Protocol):
             self._keep_alive = self._parser.should_keep_alive()
 
     def _release(self) -> None:
+        # pragma: no mutate start - read again only by a new send (which sets them), or while the answer
+        # is complete (which ignores them)
         self._exchange = self._response = None
+        # pragma: no mutate end
         self._parser = None
         if self._keep_alive and not self._lost:
             self.resume()
@@ -367,7 +382,7 @@ class _Connection(Protocol):
             if not self._complete:
                 self._broken(Failure(BadResponse(_parser_message(e))))
                 return
-            self._keep_alive = False  # the answer is whole; what came after it is not ours
+            self._keep_alive = False  # pragma: no mutate - the answer is whole; what came after it is not ours
         response = self._response
         if self._complete:
             if self._body_sent:
@@ -380,7 +395,6 @@ class _Connection(Protocol):
     def _broken(self, failure: Failure) -> None:
         exchange, response = self._exchange, self._response
         self._exchange = self._response = self._parser = None
-        self._keep_alive = False
         self.abort()
         if response is not None:
             response._ended(Failure(ResponseFailed(failure)))
@@ -402,9 +416,8 @@ class _Connection(Protocol):
             return
         if exchange.deferred.called:
             return
-        if self.reused and not self._received and exchange.retryable():
+        if self.reused and exchange.retryable():
             exchange.retried = True
-            exchange.connection = None
             self._pool._send(exchange)
             return
         exchange.deferred.errback(ResponseNeverReceived(reason))
@@ -415,7 +428,9 @@ class _Extra(Exception):
 
 
 def _parser_message(e: Exception) -> str:
-    return f"malformed answer from the upstream ({type(e).__name__}: {e})"
+    # An error raised in one of our callbacks reaches us wrapped (HttpParserCallbackError): name ours.
+    cause = e.__context__ if isinstance(e.__context__, BadResponse) else e
+    return f"malformed answer from the upstream ({type(cause).__name__}: {cause})"
 
 
 class _ConnectionFactory(Factory):
@@ -440,7 +455,7 @@ class PooledAgent:
     @param idle_timeout: seconds an idle connection is kept.
     """
 
-    def __init__(self, reactor: Any, endpoints: Any, max_idle: int = 256, idle_timeout: float = 240.0):
+    def __init__(self, reactor: Any, endpoints: Any, max_idle: int, idle_timeout: float):
         self._reactor, self._endpoints = reactor, endpoints
         self.max_idle, self.idle_timeout = max_idle, idle_timeout
         self._pools: dict[tuple, deque[_Connection]] = {}
@@ -457,7 +472,7 @@ class PooledAgent:
             head, body, producer, sent = _head(method, origin, host, uri, headers, bodyProducer)
         except Exception:
             return fail()
-        exchange = _Exchange(method, uri, head, body, producer, sent)
+        exchange = _Exchange(method, head, body, producer, sent)
         exchange.key = key  # type: ignore[attr-defined]
         exchange.endpoint = endpoint  # type: ignore[attr-defined]
         self._send(exchange)
@@ -467,7 +482,8 @@ class PooledAgent:
         parsed = URI.fromBytes(uri)
         endpoint = self._endpoints.endpointForURI(parsed)
         origin = parsed.originForm
-        if any(c in origin for c in (b" ", b"\r", b"\n")):
+        # (URI parsing drops CR and LF already, as urlsplit does: their check is a second line of defence.)
+        if any(c in origin for c in (b" ", b"\r", b"\n")):  # pragma: no mutate
             raise ValueError("invalid request target")
         default = 443 if parsed.scheme == b"https" else 80
         host = b"[" + parsed.host + b"]" if b":" in parsed.host else parsed.host
@@ -484,9 +500,7 @@ class PooledAgent:
         idle = self._pools.get(key)
         while idle:
             connection = idle.pop()
-            if connection.idle_timer is not None:
-                connection.idle_timer.cancel()
-                connection.idle_timer = None
+            _busy(connection)
             if not connection._lost:
                 connection.reused = True
                 connection.send(exchange)
@@ -503,10 +517,7 @@ class PooledAgent:
         connection.send(exchange)
 
     def _connect_failed(self, failure: Failure, exchange: _Exchange) -> None:
-        exchange.connecting = None
-        if not exchange.deferred.called:
-            if failure.check(CancelledError):
-                return
+        if not exchange.deferred.called:  # a cancelled connect fails the request with its CancelledError
             exchange.deferred.errback(failure)
 
     # -- the pool -------------------------------------------------------------------------
@@ -514,8 +525,12 @@ class PooledAgent:
     def _idle(self, connection: _Connection) -> None:
         idle = self._pools.setdefault(connection.key, deque())
         if len(idle) >= self.max_idle:
-            connection.transport.loseConnection()
-            return
+            # The pool is full: the longest idle goes (the server is likeliest to close it soon).
+            oldest = idle.popleft()
+            if oldest.idle_timer is not None:
+                oldest.idle_timer.cancel()
+                oldest.idle_timer = None
+            oldest.transport.loseConnection()
         idle.append(connection)
         connection.idle_timer = self._reactor.callLater(self.idle_timeout, self._expire, connection)
 
@@ -524,9 +539,8 @@ class PooledAgent:
         connection.transport.loseConnection()
 
     def _lost(self, connection: _Connection) -> None:
-        if connection.idle_timer is not None:
-            connection.idle_timer.cancel()
-            connection.idle_timer = None
+        if connection.idle_timer is not None:  # it was idle
+            _busy(connection)
             idle = self._pools.get(connection.key)
             if idle is not None:
                 try:
@@ -539,11 +553,16 @@ class PooledAgent:
         for idle in self._pools.values():
             while idle:
                 connection = idle.pop()
-                if connection.idle_timer is not None:
-                    connection.idle_timer.cancel()
-                    connection.idle_timer = None
+                _busy(connection)
                 connection.transport.loseConnection()
         return succeed(None)
+
+
+def _busy(connection: _Connection) -> None:
+    """C{connection} leaves the pool: its idle timer goes."""
+    if connection.idle_timer is not None:
+        connection.idle_timer.cancel()
+        connection.idle_timer = None
 
 
 def _head(method: bytes, target: bytes, host: bytes, raw: bytes, headers: Optional[Headers],
@@ -554,7 +573,7 @@ def _head(method: bytes, target: bytes, host: bytes, raw: bytes, headers: Option
     if b" " in method or b"\r" in method or b"\n" in method or not method:
         raise ValueError("invalid method")
     lines = [method, b" ", target, b" HTTP/1.1\r\n"]
-    if not headers.hasHeader(b"host"):
+    if not headers.hasHeader(b"host"):  # pragma: no mutate - header names are case-insensitive
         lines += [b"Host: ", host, b"\r\n"]
     for name, values in headers.getAllRawHeaders():
         for value in values:

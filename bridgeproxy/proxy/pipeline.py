@@ -3,8 +3,9 @@
 The request's way through the bridge, in one straight line:
 
 route -> extract credential -> detect client -> resolve initiator ->
-limits -> clean headers -> breaker -> forward (treq; retried while nothing
-was relayed) -> relay (+ tap for recording) -> record.
+limits -> clean headers -> budget (held in the store) -> breaker -> forward
+(treq; retried while nothing was relayed) -> relay (+ tap for recording) ->
+record (and settle the budget hold).
 
 The resource tree (L{bridgeproxy.proxy.resource}) finds the provider and
 hands the request here; each arrow is one call into one module.
@@ -89,6 +90,8 @@ class Bridge:
         upstream requests.
     @param clock: an L{IReactorTime}.
     @param recorder: anything with C{record(Interception)}.
+    @param admission: the checks made in the store before forwarding (a
+        L{bridgeproxy.proxy.admission.Admission}: budgets), or L{None}.
     """
 
     log = Logger()
@@ -97,8 +100,10 @@ class Bridge:
 
     def __init__(self, config: Config, *, providers: Mapping[str, ProviderEntry],
                  extractors: Sequence[Any], resolvers: Sequence[Any], detectors: Sequence[Any],
-                 agent: Any, clock: Any, recorder: Any, metrics: Optional[Metrics] = None):
+                 agent: Any, clock: Any, recorder: Any, metrics: Optional[Metrics] = None,
+                 admission: Any = None):
         self.agent = agent
+        self.admission = admission
         self.upstream = Upstream(agent, clock)
         self.clock = clock
         self.recorder = recorder
@@ -140,6 +145,8 @@ class Bridge:
         self.prices = prices
         self.breakers = breakers
         self.retries = Retries(config.retries, self.clock)
+        if self.admission is not None:
+            self.admission.reconfigure(config, prices)
         for name in providers:
             breaker = breakers.get(name)
             if breaker is not None:
@@ -176,7 +183,7 @@ class Bridge:
             self._refuse(ex, error)
             return
         except Exception:
-            self._crash(ex, Failure())
+            self._crash(ex)  # the failure is the exception being handled
             return
         if isinstance(outcome, Deferred):
             outcome.addCallback(self._forward, ex)
@@ -187,7 +194,7 @@ class Bridge:
             except BridgeError as error:
                 self._refuse(ex, error)
             except Exception:
-                self._crash(ex, Failure())
+                self._crash(ex)
 
     def _route(self, ex: Exchange) -> Optional[BridgeError]:
         """
@@ -222,9 +229,9 @@ class Bridge:
                 return _unknown_route(request)
             route = ""
         ex.route = route
-        if getattr(request, "too_large", False):
+        if request.too_large:  # a BoundedRequest (proxy/site.py) stopped keeping its body
             return PayloadTooLarge(f"Request body is larger than {self.config.max_body_bytes} bytes.")
-        ex.body = request.content.read() if request.content is not None else b""
+        ex.body = request.content.read()
         if route:
             try:
                 parsed = json.loads(ex.body)
@@ -263,10 +270,33 @@ class Bridge:
         if ex.route_error is not None:
             raise ex.route_error
         request, entry, credential = ex.request, ex.entry, ex.credential
-        assert entry is not None and credential is not None and ex.route is not None
+        assert entry is not None
+        assert credential is not None
+        assert ex.route is not None
         if credential.token.encode("latin-1", "replace") in request.path:
             raise BadRequest("Refused path: it contains the bridge key; send the key in a header only.")
         self.limits.check_rate(initiator.user_id)
+        self._prepare(ex)
+        admitting = self.admission.admit(ex) if self.admission is not None else None
+        if admitting is not None:
+            admitting.addCallback(self._admitted, ex)
+            admitting.addErrback(self._failed_before_upstream, ex)
+            return
+        self._send(ex)
+
+    def _admitted(self, _: Any, ex: Exchange) -> None:
+        """The store admitted C{ex} (its budget hold is taken): send it, unless it was stopped meanwhile."""
+        if ex.client_gone:
+            self._record(ex, status="client_disconnected", error="client disconnected before the request was sent")
+            return
+        if ex.shutdown:
+            raise ShuttingDown("The gateway is shutting down; retry.")
+        self._send(ex)
+
+    def _prepare(self, ex: Exchange) -> None:
+        """Make the upstream request of C{ex}: its URL, its clean headers, the key it goes with."""
+        request, entry, credential, initiator = ex.request, ex.entry, ex.credential, ex.initiator
+        assert entry is not None and credential is not None and initiator is not None
         intercepted = bool(ex.route)
         headers = upstream_headers(request, intercepted=intercepted, bridge_headers=self._bridge_headers)
         ex.credential_kind, ex.upstream_key = apply_credential(
@@ -281,7 +311,6 @@ class Bridge:
         url = entry.provider.upstream_url(entry.config.base_url, ex.subpath, query)
         body = ex.body if (ex.body or request.method in _METHODS_WITH_BODY) else None
         ex.outbound = (request.method, url, headers, body)
-        self._send(ex)
 
     def _send(self, ex: Exchange) -> None:
         """Send the request upstream (again, for a retry), if the provider's breaker lets it through."""
@@ -337,13 +366,13 @@ class Bridge:
             ex.parser = provider.usage_parser(ex.route, stream)
         if response.code >= 400 and not stream and ex.credential_kind == "centralized":
             # An error may repeat the key it was sent: that key is ours, not
-            # the client's, so the answer is read whole and the key masked.
-            request.responseHeaders.removeHeader(b"Content-Length")
+            # the client's, so the answer is read whole and the key masked
+            # (its Content-Length is set again for what is relayed).
             ex.error_body = ErrorBody(self.clock, self.timeout, MAX_ERROR_BODY,
                                       lambda body: self._error_answered(ex, response.code, body))
             response.deliverBody(ex.error_body)
             return
-        route = ex.route or ""
+        route = ex.route  # "" for a passthrough
         tail = (lambda kind, message: provider.stream_error_event(route, kind, message)) if stream else None
         parser = ex.parser
         ex.relay = Relay(request, self.clock, self.timeout,
@@ -363,7 +392,7 @@ class Bridge:
         if parser is not None:
             parser.feed(body)
         request = ex.request
-        if not ex.client_gone and request.channel is not None:
+        if request.channel is not None:  # the client is still there (its connection sets it None)
             request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
             request.write(body)
             request.finish()
@@ -486,7 +515,7 @@ class Bridge:
             error = _masked(error, message)
         self.log.info("Refused {method} {path}: {status} ({reason}) client={client} "
                       "credential={credential_kind} hint={hint}",
-                      method=request.method.decode("latin-1", "replace"),
+                      method=request.method.decode("latin-1"),
                       path=records.scrub(records.printable(request.path), ex),
                       status=error.status, reason=reason, client=ex.client.name,
                       credential_kind=credential.source if credential is not None else "none",
@@ -499,7 +528,7 @@ class Bridge:
             write_error(request, provider, error)
         self._close(ex)
 
-    def _crash(self, ex: Exchange, failure: Failure) -> None:
+    def _crash(self, ex: Exchange, failure: Optional[Failure] = None) -> None:
         # The traceback names our code, never a header value: values are only
         # ever passed as arguments, not formatted into exception messages.
         self.log.failure("Unexpected error serving {id}", failure, id=ex.id)
@@ -518,6 +547,8 @@ class Bridge:
                                       max_prompt_chars=self.config.recording.max_prompt_chars,
                                       prices=self.prices)
         self.metrics.interception(record)
+        if ex.admitted is not None:
+            self.admission.finish(ex, record.cost_micros)
         self.recorder.record(record)
         if self.config.log_interceptions:
             # A request that came through the AI proxy has the proxy's line instead: the same facts, and where from.
@@ -538,6 +569,8 @@ class Bridge:
         self.log.info(text, **fields)
 
     def _close(self, ex: Exchange) -> None:
+        if ex.admitted is not None:  # ended without a record: its hold goes, nothing spent
+            self.admission.finish(ex, None)
         self.in_flight.discard(ex)
         if not self.in_flight and self._drained:
             waiting, self._drained = self._drained, []
@@ -593,4 +626,4 @@ def _masked(error: BridgeError, message: str) -> BridgeError:
 
 
 def _unknown_route(request: Any) -> NotFound:
-    return NotFound(f"Unknown route: {request.method.decode('latin-1', 'replace')} {records.printable(request.path)}")
+    return NotFound(f"Unknown route: {request.method.decode('latin-1')} {records.printable(request.path)}")

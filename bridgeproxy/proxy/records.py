@@ -19,7 +19,7 @@ MAX_USER_AGENT_CHARS = 512
 
 def printable(path: bytes) -> str:
     """A path for a log line or message: no query string, no control characters."""
-    text = path.split(b"?", 1)[0].decode("latin-1", "replace")[:200]
+    text = path.partition(b"?")[0].decode("latin-1")[:200]
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
@@ -46,10 +46,9 @@ def interception(ex: Exchange, *, ended_at: float, status: str, error: Optional[
     """
     initiator = ex.initiator
     parsed = ex.parsed or {}
-    provider = ex.entry.provider if ex.entry is not None else None
     prompt = None
-    if ex.route and parsed and provider is not None:
-        prompt = provider.prompt_of(ex.route, parsed)
+    if parsed:  # only an intercepted route's body is parsed: its provider and route are known
+        prompt = ex.entry.provider.prompt_of(ex.route, parsed)
         if prompt is not None:
             prompt = prompt[:max_prompt_chars]
     model = (usage.model if usage is not None and usage.model else None) or (
@@ -66,7 +65,7 @@ def interception(ex: Exchange, *, ended_at: float, status: str, error: Optional[
         provider=provider_name,
         route=ex.route or scrub(printable(ex.subpath), ex),
         intercepted=bool(ex.route),
-        method=request.method.decode("latin-1", "replace"),
+        method=request.method.decode("latin-1"),
         model=model,
         streamed=ex.streamed,
         client=ex.client.name,

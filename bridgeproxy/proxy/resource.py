@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_pipeline,tests.test_e2e_api,tests.test_ui -*-
+# -*- test-case-name: tests.test_resource,tests.test_pipeline,tests.test_e2e_api,tests.test_ui -*-
 """
 The resource tree: what a path reaches.
 
@@ -43,8 +43,8 @@ class ProviderResource(Resource):
         if self.name is None:
             subpath = request.path
         else:
-            rest = request.path.split(b"/")[1 + len(request.prepath):]
-            subpath = b"/" + b"/".join(rest) if rest else b""
+            # Each segment after the prefix, with its slash: b"" for the prefix alone.
+            subpath = b"/".join([b""] + request.path.split(b"/")[1 + len(request.prepath):])
         self.bridge.handle(request, self.name, subpath)
         return NOT_DONE_YET
 

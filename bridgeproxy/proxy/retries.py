@@ -16,6 +16,7 @@ backoff with jitter, measured on the injected clock.
 
 from __future__ import annotations
 
+import math
 import random as _random
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Optional
@@ -35,19 +36,19 @@ def retry_after(headers: Any, now: float) -> Optional[float]:
     else C{Retry-After} in seconds or as an HTTP date; L{None} when it asks
     for none (or says something unreadable).
     """
-    values = headers.getRawHeaders(b"retry-after-ms")
+    values = headers.getRawHeaders(b"retry-after-ms")  # pragma: no mutate - header names are case-insensitive
     if values:
         try:
             wait = float(values[0])
         except ValueError:
             pass
         else:
-            if 0 <= wait < float("inf"):
+            if 0 <= wait < math.inf:
                 return wait / 1000
-    values = headers.getRawHeaders(b"retry-after")
+    values = headers.getRawHeaders(b"retry-after")  # pragma: no mutate - header names are case-insensitive
     if not values:
         return None
-    text = values[0].decode("latin-1").strip()
+    text = values[0].decode("latin-1").strip()  # pragma: no mutate - codec names are case-insensitive
     try:
         wait = float(text)
     except ValueError:
@@ -58,7 +59,7 @@ def retry_after(headers: Any, now: float) -> Optional[float]:
         if when.tzinfo is None:
             return None
         return max(0.0, when.timestamp() - now)
-    return wait if 0 <= wait < float("inf") else None
+    return wait if 0 <= wait < math.inf else None
 
 
 def connect_failure(failure: Failure) -> bool:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_pipeline -*-
+# -*- test-case-name: tests.test_site,tests.test_pipeline -*-
 """
 The HTTP server side: a request class that enforces the body limit while
 the body arrives, and an access log that never shows a query string.
@@ -42,7 +42,7 @@ class BoundedRequest(Request):
 
 def _clean(raw: bytes, limit: int) -> str:
     """Printable text for a log line: no quotes, backslashes or control characters."""
-    text = raw[:limit].decode("latin-1", "replace")
+    text = raw[:limit].decode("latin-1")
     if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
         return text
     return "".join(c if c.isprintable() and c not in '"\\' else "?" for c in text)
@@ -58,25 +58,32 @@ def access_log_line(timestamp: str, request: Any) -> str:
     path = _clean(request.path, 512)
     agent = _clean(request.getHeader(b"user-agent") or b"-", 256)
     return '%s - - %s "%s %s %s" %d %s "-" "%s"' % (
-        host, timestamp, request.method.decode("latin-1", "replace"), path,
-        request.clientproto.decode("latin-1", "replace"), request.code,
+        host, timestamp, request.method.decode("latin-1"), path,
+        request.clientproto.decode("latin-1"), request.code,
         request.sentLength or "-", agent,
     )
+
+
+def _no_access_log(request: Any) -> None:
+    """The access log when it is off: no line."""
 
 
 def make_site(resource: Any, max_body: int, reactor: Any = None, timeout: float = 60.0,
               access_log: bool = False) -> Site:
     """A L{Site} for the bridge resource with the body limit and the safe access log."""
-    request_class = type("BridgeRequest", (BoundedRequest,), {"max_body": max_body})
+    limit = max_body
+
+    class BridgeRequest(BoundedRequest):
+        max_body = limit
     # parsePOSTFormSubmission=False: a gateway never reads form arguments
     # from a body, and Twisted parses every POST's Content-Type with the
     # email package to look for them, which raises on hostile values (a NEL
     # byte) and drops the connection without an answer.
-    site = Site(resource, requestFactory=request_class, timeout=timeout,
+    site = Site(resource, requestFactory=BridgeRequest, timeout=timeout,
                 logFormatter=access_log_line, reactor=reactor, parsePOSTFormSubmission=False)
     site.displayTracebacks = False
     if not access_log:
-        site.log = lambda request: None  # type: ignore[method-assign]
+        site.log = _no_access_log  # type: ignore[method-assign]
     return site
 
 

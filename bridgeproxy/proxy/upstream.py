@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_upstream -*-
+# -*- test-case-name: tests.test_upstream,tests.test_endpoint -*-
 """
 Talking to the upstream: treq over a pooled, verified HTTP/1.1 agent.
 
@@ -13,15 +13,18 @@ request that asked for it is decoded, and reaches the client as identity.
 
 from __future__ import annotations
 
+import math
 import socket
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from hyperlink import EncodedURL
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate
 from twisted.internet.threads import deferToThreadPool
@@ -92,12 +95,13 @@ class ResolvedTCPEndpoint:
         self._waiting: list[Deferred] = []
         self._next = 0
         if isIPAddress(host):
-            self._addresses, self._expires = [(TCP4ClientEndpoint, host)], float("inf")
+            self._addresses, self._expires = [(TCP4ClientEndpoint, host)], math.inf
         elif isIPv6Address(host):
-            self._addresses, self._expires = [(TCP6ClientEndpoint, host)], float("inf")
+            self._addresses, self._expires = [(TCP6ClientEndpoint, host)], math.inf
 
     def connect(self, factory: Any) -> Deferred:
-        if self._addresses and self._reactor.seconds() < self._expires:
+        # Addresses are known until _expires (0 until the first lookup answered).
+        if self._reactor.seconds() < self._expires:
             return self._connect(factory)
         return self._resolve().addCallback(lambda _: self._connect(factory))
 
@@ -141,12 +145,13 @@ class ResolvedTCPEndpoint:
         kind, address = addresses[i]
 
         def failed(failure: Failure) -> Any:
-            if failure.check(CancelledError) or addresses is not self._addresses:
+            # A cancelled attempt (the request went away) says nothing about the address.
+            if failure.check(ConnectingCancelledError) or addresses is not self._addresses:
                 return failure
             self._next = i + 1
             if tried + 1 < len(addresses):
                 return self._connect(factory, tried + 1)
-            if self._expires != float("inf"):
+            if self._expires != math.inf:
                 self._expires = 0.0  # resolve again for the next connection
             return failure
         return kind(self._reactor, address, self._port, timeout=self._timeout).connect(factory).addErrback(failed)
@@ -204,8 +209,7 @@ def make_agent(reactor: Any, config: UpstreamConfig, tls_policy: Any = None) -> 
     if tls_policy is None:
         trust = None
         if config.ca_file:
-            with open(config.ca_file, "rb") as f:
-                trust = Certificate.loadPEM(f.read())
+            trust = Certificate.loadPEM(Path(config.ca_file).read_bytes())
         tls_policy = BrowserLikePolicyForHTTPS(trustRoot=trust)
     factory = CachingEndpointFactory(reactor, tls_policy, config.connect_timeout)
     if config.client == "httptools":
@@ -301,6 +305,10 @@ class Upstream:
             cookies=self._jar)  # a jar, so that treq does not build an empty one for every request
 
 
+#: The bytes a URL may hold as sent: visible ASCII.
+_VISIBLE_ASCII = bytes(range(0x21, 0x7f))
+
+
 class _Verbatim(EncodedURL):
     """
     A URL treq sends exactly as the pipeline built and checked it.
@@ -319,6 +327,8 @@ class _Verbatim(EncodedURL):
     def of(cls, url: bytes) -> "_Verbatim":
         made: Any = cls._made.get(url)
         if made is None:
+            if url.translate(None, _VISIBLE_ASCII):
+                raise ValueError("a URL is visible ASCII only")  # a control byte or space, say in the query
             text = url.decode("ascii")
             made = cls.from_text(text)
             made._verbatim = text

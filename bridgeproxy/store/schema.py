@@ -331,6 +331,34 @@ MIGRATIONS: list[list[Union[str, PerDialect]]] = [
     ],
     # 5: the dashboard: time to first byte, indexes for its filters, rollups kept by triggers, sign-in sessions
     _dashboard_migration(),
+    # 6: budgets: each user's own amount per period, what was spent per UTC day (epoch day
+    # numbers), and the holds requests in flight have on what is left (until expires_at)
+    [
+        """CREATE TABLE budgets (
+            user_id TEXT PRIMARY KEY,
+            username TEXT,
+            amount_micros BIGINT NOT NULL,
+            period TEXT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE budget_spend (
+            user_id TEXT NOT NULL,
+            day INTEGER NOT NULL,
+            username TEXT,
+            spent_micros BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (user_id, day)
+        )""",
+        """CREATE TABLE budget_holds (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            day INTEGER NOT NULL,
+            amount_micros BIGINT NOT NULL,
+            holder TEXT NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX budget_holds_user ON budget_holds (user_id, day)",
+        "CREATE INDEX budget_holds_holder ON budget_holds (holder)",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)
