@@ -150,6 +150,13 @@ def document() -> dict[str, Any]:
         "/users": _get(
             "Users, their keys (hints only) and usage", "Usage over the last 30 days unless since says otherwise.",
             [_SINCE], {"200": _ok("Users", "the users"), **_ERRORS}, admin=True),
+        "/budgets": _get(
+            "Where users stand against their budgets",
+            "Each user's budget (their own, or the configuration's default) in its current period: spent, held by "
+            "requests in flight, left. Administrators see every user with a budget of their own and those of the "
+            "default who spent something this period (or one, with initiator); other users their own.",
+            [_query("initiator", "a user's id or name")],
+            {"200": _ok("Budgets", "the budgets"), "404": _ERROR, **_ERRORS}),
         "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {
             "200": {"description": "the OpenAPI document", "content": {"application/json": {
                 "schema": {"type": "object"}}}}}}},
@@ -211,6 +218,18 @@ def document() -> dict[str, Any]:
                 "usage": {"$ref": "#/components/schemas/Sums"}},
             "required": ["user_id", "username", "disabled", "admin", "created_at", "keys", "usage"]}}},
             "required": ["data"]},
+        "Budgets": {"type": "object", "properties": {"data": {"type": "array", "items": {
+            "type": "object", "properties": {
+                "user_id": {"type": "string"}, "username": {"type": ["string", "null"]},
+                "source": {"enum": ["own", "default", None], "description": "whose budget applies; null: none"},
+                "amount_micros": {"type": ["integer", "null"]},
+                "period": {"enum": ["day", "week", "month", None]},
+                "period_start": {"type": ["string", "null"], "description": "ISO 8601, UTC"},
+                "period_end": {"type": ["string", "null"], "description": "ISO 8601, UTC: when it renews"},
+                "spent_micros": {"type": ["integer", "null"]}, "held_micros": {"type": ["integer", "null"]},
+                "left_micros": {"type": ["integer", "null"]}},
+            "required": ["user_id", "username", "source", "amount_micros", "period", "period_start", "period_end",
+                         "spent_micros", "held_micros", "left_micros"]}}}, "required": ["data"]},
         "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
             "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": ["string", "null"]},
             "code": {"type": ["string", "null"]}}, "required": ["message", "type"]}}, "required": ["error"]},
@@ -218,8 +237,8 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "bridgeproxy", "version": __version__,
-                 "description": "Reading back what the gateway recorded: interceptions, usage, the dashboard's "
-                                "overview, client sessions, users and keys. Authenticate with a bridge key; "
+                 "description": "Reading back what the gateway recorded: interceptions, usage, budgets, the "
+                                "dashboard's overview, client sessions, users and keys. Authenticate with a bridge key; "
                                 "administrators see every row, other users their own."},
         "servers": [{"url": "/api/v1"}],
         "security": [{"bearer": []}, {"apiKey": []}],

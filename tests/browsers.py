@@ -89,11 +89,20 @@ class Chrome:
         the page it leads to, and give C{then(driver)} read on that page.
         """
         def both(driver: Any) -> Any:
-            from selenium.webdriver.support import expected_conditions
+            from selenium.common.exceptions import WebDriverException
             from selenium.webdriver.support.ui import WebDriverWait
             old = driver.find_element("tag name", "html")
+
+            def left(driver: Any) -> bool:
+                # The old page's root is gone once the new page replaced it; while the
+                # page changes, Chromium may report that in more than one way.
+                try:
+                    old.is_enabled()
+                    return False
+                except WebDriverException:
+                    return True
             action(driver)
-            WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
+            WebDriverWait(driver, 20).until(left)
             WebDriverWait(driver, 20).until(
                 lambda d: d.execute_script("return document.readyState") == "complete")
             self._seen(driver)
@@ -104,7 +113,7 @@ class Chrome:
         """The whole page as C{<name>.png} in C{directory} (and in docs/ui/ with BRIDGEPROXY_UPDATE_SCREENSHOTS=1)."""
         def work(driver: Any) -> str:
             height = driver.execute_script("return document.documentElement.scrollHeight")
-            driver.set_window_size(self.width, max(600, min(int(height) + 40, 4000)))
+            driver.set_window_size(self.width, max(600, min(int(height) + 40, 2200)))
             path = os.path.join(directory, f"{name}.png")
             os.makedirs(directory, exist_ok=True)
             driver.save_screenshot(path)

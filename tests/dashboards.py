@@ -20,6 +20,7 @@ from twisted.internet.task import Clock
 
 from bridgeproxy.api import BridgeAPI
 from bridgeproxy.identity import KeystoreBackend
+from bridgeproxy.proxy.admission import Admission
 from bridgeproxy.store import Database
 from bridgeproxy.types import Interception, ToolCall
 from tests import memory
@@ -97,6 +98,8 @@ def dashboard(extra: Optional[dict] = None) -> Dashboard:
     gw.bridge.api = BridgeAPI(extractors=gw.bridge.extractors, identity=identity, store=store, recorder=recorder,
                               clock=gw.clock,
                               providers={name.decode(): entry for name, entry in gw.bridge.providers.items()})
+    # Budgets are read (the users page, /api/v1/budgets), not enforced: the bridge itself admits everything.
+    gw.bridge.api.admission = Admission(store, gw.clock, gw.bridge.config, gw.bridge.prices, gw.bridge.metrics)
     return Dashboard(gateway=gw, store=store, identity=identity)
 
 
@@ -156,6 +159,10 @@ class Node:
 
     def text(self) -> str:
         return "".join(c if isinstance(c, str) else c.text() for c in self.children)
+
+    def all(self, tag: str) -> list["Node"]:
+        """Every element of C{tag} below this one."""
+        return [n for n in self.walk() if n.tag == tag and n is not self]
 
     def walk(self):
         yield self

@@ -14,6 +14,7 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from bridgeproxy.store.budgets import set_budget
 from tests.dashboards import dashboard, record
 
 
@@ -21,6 +22,8 @@ from tests.dashboards import dashboard, record
 def served():
     dash = dashboard()
     admin = dash.key("root", admin=True)
+    bob_id = dash.store.db.ensure_user("bob").user_id
+    set_budget(dash.store.db, bob_id, 25_000_000, "month", "bob")
     dash.add(record(id="i-1", client_session_id="cc-1", tool_calls=[("bash", '{"cmd":"ls"}', "t1")]),
              record(id="i-2", initiator_username="bob", status="refused", cost_micros=None, input_tokens=0,
                     output_tokens=0, ttfb_ms=None))
@@ -58,6 +61,8 @@ def _validator(document, schema):
     ("/sessions", "/api/v1/sessions", "200"),
     ("/sessions/{id}", "/api/v1/sessions/cc-1", "200"),
     ("/users", "/api/v1/users", "200"),
+    ("/budgets", "/api/v1/budgets", "200"),
+    ("/budgets", "/api/v1/budgets?initiator=nobody", "200"),
     ("/interceptions", "/api/v1/interceptions?cursor=bad", "400"),
 ])
 def test_answers_conform_to_the_document(served, path, url, status):
@@ -74,7 +79,7 @@ def test_the_document_describes_every_view(served):
     """The paths are the views /api/v1 serves, each with its parameters; a path it does not list is 404."""
     dash, admin, document = served
     assert set(document["paths"]) == {"/interceptions", "/interceptions/{id}", "/usage", "/overview", "/sessions",
-                                      "/sessions/{id}", "/users", "/openapi.json"}
+                                      "/sessions/{id}", "/users", "/budgets", "/openapi.json"}
     for path in document["paths"]:
         concrete = path.replace("{id}", "i-1" if "interceptions" in path else "cc-1")
         answer = dash.gateway.send("GET", "/api/v1" + concrete, headers={"Authorization": f"Bearer {admin}"})
@@ -84,7 +89,7 @@ def test_the_document_describes_every_view(served):
     names = {p["name"] for p in document["paths"]["/interceptions"]["get"]["parameters"]}
     assert names == {"initiator", "client", "model", "provider", "status", "session", "since", "until", "q",
                      "limit", "offset", "cursor"}
-    assert dash.gateway.send("GET", "/api/v1/budgets", headers={"Authorization": f"Bearer {admin}"}).status == 404
+    assert dash.gateway.send("GET", "/api/v1/nothing", headers={"Authorization": f"Bearer {admin}"}).status == 404
 
 
 def test_administrator_views_refuse_other_users(served):

@@ -453,3 +453,19 @@ def test_unknown_pages_are_the_dashboards_404(dash):
         answer = browser.get(path)
         assert answer.status == 404 and answer.headers["content-type"] == [b"text/html; charset=utf-8"], path
 
+
+
+def test_the_users_page_shows_each_budget(dash):
+    """The budget column: a user's own budget, spent and left this period; a user without one has none."""
+    from bridgeproxy.store.budgets import set_budget
+    key = dash.key("carol")
+    carol = dash.store.db.identify(key).user_id
+    set_budget(dash.store.db, carol, 25_000_000, "month", "carol")
+    dash.store.db.execute("INSERT INTO budget_spend (user_id, day, username, spent_micros) VALUES (?, ?, ?, ?)",
+                          (carol, int(START // 86400), "carol", 5_000_000))
+    browser = dash.signed_in()
+    doc = Document(browser.get("/ui/users").body)
+    assert "budget (this period)" in doc.by_id("users").text()
+    cells = {tr.all("a")[0].text(): tr for tr in doc.by_id("users").walk() if tr.tag == "tr" and tr.all("a")}
+    assert "5.0000 of 25.0000 a month" in cells["carol"].text() and "20.0000 left" in cells["carol"].text()
+    assert "none" in cells["root"].text()

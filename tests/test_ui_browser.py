@@ -17,6 +17,7 @@ import uuid
 
 import pytest_twisted
 
+from bridgeproxy.store.budgets import set_budget
 from bridgeproxy.types import Interception, ToolCall
 from tests import fakes, payloads
 from tests.browsers import chrome
@@ -90,6 +91,7 @@ def test_dashboard_in_a_browser(tmp_path, agent, captured_log):
         db = bridge.db()
         try:
             db.insert_interceptions(_history(started))
+            set_budget(db, db.identify(alice).user_id, 10_000_000, "month", "alice")
         finally:
             db.close()
 
@@ -215,6 +217,8 @@ def test_dashboard_in_a_browser(tmp_path, agent, captured_log):
         yield browser.screenshot(shots, "users")
         page = yield browser.do(lambda d: d.page_source)
         assert carol not in page
+        alice_row = yield browser.do(lambda d: d.find_element("xpath", "//tr[.//a[text()='alice']]").text)
+        assert "of 10.0000 a month" in alice_row
 
         def revoke(d):
             key = d.find_element("xpath", "//tr[.//a[text()='carol']]//li[@data-key-id]")

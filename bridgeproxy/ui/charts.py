@@ -46,6 +46,13 @@ def bucket_label(start: float, bucket: int) -> str:
     return time.strftime("%m-%d", t)
 
 
+def _axis_time(t: float, span: float) -> str:
+    """A time on a timeline's axis, as precise as its span needs (milliseconds under a minute)."""
+    if span < 60:
+        return time.strftime("%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}"
+    return time.strftime("%m-%d %H:%M:%S" if span < 86400 else "%m-%d %H:%M", time.gmtime(t))
+
+
 def bar_chart(series: Sequence[dict[str, Any]], stacks: Sequence[tuple[str, str]], bucket: int, *,
               title: str, formatter: Callable[[Any], str] = str, name: str = "") -> Tag:
     """
@@ -140,7 +147,7 @@ def timeline(spans: Sequence[dict[str, Any]], start: float, end: float, *, title
                              **{"class": "grid"}))
         anchor = "start" if i == 0 else "end" if i == 4 else "middle"
         children.append(_svg("text", x=f"{gx:.1f}", y=str(height - 8), **{"class": "axis", "text-anchor": anchor})(
-            text(time.strftime("%m-%d %H:%M:%S" if end - start < 86400 else "%m-%d %H:%M", time.gmtime(t)))))
+            text(_axis_time(t, end - start))))
     for row, span in placed:
         y = TOP + row * row_h
         x1, x2 = x(span["from"]), x(span["to"])

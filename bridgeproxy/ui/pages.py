@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from twisted.internet.defer import Deferred
 from twisted.web.template import Tag, tags
 
+from bridgeproxy.budgets import report
 from bridgeproxy.store import StoreError, dashboard
 from bridgeproxy.store.dashboard import DAY, HOUR, MAX_HOURLY, RANGES, STATUSES, Filters, SignIn, window
 from bridgeproxy.ui import charts
@@ -228,7 +229,7 @@ def _interceptions_page(ui: "Dashboard", page: Any, labels: dict, given: dict, c
             short(r["input_tokens"]), short(r["output_tokens"]),
             short(r["cache_read_tokens"] + r["cache_write_tokens"]), cost(r.get("cost_micros")),
             f"{count(r['duration_ms'])} ms",
-            tags.td(text(prompt[:160]), class_="prompt", title=text(prompt[:400])),
+            tags.td(tags.span(text(prompt[:160]), class_="clip"), class_="prompt", title=text(prompt[:400])),
         ])
     query = {name: value for name, value in given.items() if value}
     pager = [tags.a("Newest", href=url("/ui/interceptions", **query))] if cursor is not None else []
@@ -243,7 +244,8 @@ def _interceptions_page(ui: "Dashboard", page: Any, labels: dict, given: dict, c
                                                                         page.next_cursor else ""), class_="note")
     content = [form, note,
                table(["started (UTC)", "user", "client", "provider", "model", "status", "in", "out", "cache",
-                      "cost", "duration", "prompt"], rows, numeric=(6, 7, 8, 9, 10), id="interceptions")
+                      "cost", "duration", "prompt"], rows, numeric=(6, 7, 8, 9, 10), id="interceptions",
+                     class_="rows")
                if rows else tags.p("No interceptions match.", class_="muted", id="no-interceptions"),
                tags.div(pager, class_="pager")]
     return Reply(title="Interceptions", content=content, current="/ui/interceptions")
@@ -377,7 +379,7 @@ def _sessions_page(found: Any, labels: dict, name: str, user: Optional[str], cli
                                     "Coder Agents), most recently active first.", class_="muted"),
                tags.figure(picture, class_="chart") if rows else "",
                table(["session", "client", "user", "requests", "tokens", "cost", "errors", "first (UTC)",
-                      "last (UTC)", "span"], body, numeric=(3, 4, 5, 6), id="sessions")
+                      "last (UTC)", "span"], body, numeric=(3, 4, 5, 6), id="sessions", class_="rows")
                if body else tags.p("No client sessions in this range.", class_="muted"),
                tags.div(pager, class_="pager")]
     return Reply(title="Sessions", content=content, current="/ui/sessions")
@@ -422,12 +424,13 @@ def _session_page(found: Optional[dict]) -> Any:
              text(r.get("model") or "—"), text(r["route"]), status_badge(r["status"], r.get("upstream_status")),
              str(len(r.get("tool_calls") or [])), short(r["input_tokens"]), short(r["output_tokens"]),
              f"{count(r['duration_ms'])} ms",
-             tags.td(text((r.get("prompt") or "").replace("\n", " ")[:120]), class_="prompt")] for r in records]
+             tags.td(tags.span(text((r.get("prompt") or "").replace("\n", " ")[:120]), class_="clip"),
+                     class_="prompt")] for r in records]
     more = tags.p(f"Showing the first {len(records)} requests.", class_="muted") \
         if len(records) < found["requests"] else ""
     content = [summary, tags.figure(picture, class_="chart"), more,
                table(["started (UTC)", "model", "route", "status", "tools", "in", "out", "duration", "prompt"],
-                     body, numeric=(4, 5, 6, 7), id="session-interceptions")]
+                     body, numeric=(4, 5, 6, 7), id="session-interceptions", class_="rows")]
     return Reply(title=f"Session {found['session_id'][:60]}", content=content, current="/ui/sessions")
 
 
@@ -442,8 +445,34 @@ _DONE = {"revoked": "Key {key} revoked: requests with it are refused from now on
 def users(ui: "Dashboard", request: Any, sign_in: SignIn) -> Deferred:
     now = ui.clock.seconds()
     since, until = now - 30 * DAY, now + HOUR
-    d = ui.run(lambda db: dashboard.users(db, since, until))
-    return d.addCallback(lambda found: _users_page(ui, request, sign_in, found))
+    admission = getattr(ui.bridge.api, "admission", None)
+
+    def work(db: Any) -> tuple[list[dict], Optional[dict[str, dict]]]:
+        found = dashboard.users(db, since, until)
+        if admission is None:
+            return found, None
+        # Each user's budget (their own or the default) where they stand in its current period.
+        return found, {user["user_id"]: report(db, admission.default, admission.clock.seconds(),
+                                               (user["user_id"], user["username"]))[0] for user in found}
+    d = ui.run(work)
+    return d.addCallback(lambda found: _users_page(ui, request, sign_in, found[0], found[1]))
+
+
+_PERIODS = {"day": "a day", "week": "a week", "month": "a month"}
+
+
+def _budget(standing: Optional[dict]) -> Any:
+    """A user's budget in a cell: spent of the amount per period, what is left, and whose budget it is."""
+    if standing is None or standing.get("source") is None:
+        return tags.span("none", class_="muted")
+    spent, held, amount = standing["spent_micros"], standing["held_micros"], standing["amount_micros"]
+    left = standing["left_micros"]
+    return tags.span(
+        f"{cost(spent)} of {cost(amount)} {_PERIODS.get(standing['period'], standing['period'])}",
+        tags.br(), tags.span(f"{cost(left)} left" + (f", {cost(held)} held" if held else "") +
+                             (" · default" if standing["source"] == "default" else ""),
+                             class_="muted" if left else "status bad"),
+        class_="budget", title=f"until {standing['period_end']}")
 
 
 def _key_state(key: dict, now: float) -> str:
@@ -456,7 +485,8 @@ def _key_state(key: dict, now: float) -> str:
     return "active"
 
 
-def _users_page(ui: "Dashboard", request: Any, sign_in: SignIn, found: list[dict]) -> Any:
+def _users_page(ui: "Dashboard", request: Any, sign_in: SignIn, found: list[dict],
+                budgets: Optional[dict[str, dict]] = None) -> Any:
     now = ui.clock.seconds()
     done = arg(request, "done")
     key = arg(request, "key")
@@ -497,14 +527,21 @@ def _users_page(ui: "Dashboard", request: Any, sign_in: SignIn, found: list[dict
             action = post_button("/ui/users/disable", "Enable" if user["disabled"] else "Disable", sign_in.csrf,
                                  {"user_id": user["user_id"], "disabled": "0" if user["disabled"] else "1"},
                                  "quiet" if user["disabled"] else "danger")
-        rows.append([[link(user["username"], url("/ui/interceptions", user=user["username"])), badges],
-                     tags.td(text(user["user_id"]), class_="muted"), tags.ul(keys, class_="keys"),
-                     count(usage["requests"]), short(tokens), cost(usage["cost_micros"]), action])
+        row = [[link(user["username"], url("/ui/interceptions", user=user["username"])), badges],
+               tags.td(text(user["user_id"]), class_="muted"), tags.ul(keys, class_="keys"),
+               count(usage["requests"]), short(tokens), cost(usage["cost_micros"])]
+        if budgets is not None:
+            row.append(_budget(budgets.get(user["user_id"])))
+        rows.append(row + [action])
     content = [flash, tags.h2("Create a key"), create, tags.h2("Users"),
                tags.p("Usage over the last 30 days. Keys are shown by their hint only: a key is shown in full once, "
                       "when it is created.", class_="muted"),
-               table(["user", "id", "keys", "requests", "tokens", "cost", ""], rows, numeric=(3, 4, 5), id="users")
-               if rows else tags.p("No users yet.", class_="muted")]
+               table(["user", "id", "keys", "requests", "tokens", "cost"]
+                     + (["budget (this period)"] if budgets is not None else []) + [""], rows, numeric=(3, 4, 5),
+                     id="users")
+               if rows else tags.p("No users yet.", class_="muted"),
+               tags.p("Budgets are set with ", tags.code("bridgeproxy budgets set"), " (docs/spend.md).",
+                      class_="muted") if budgets is not None else ""]
     return Reply(title="Users and keys", content=content, current="/ui/users")
 
 

@@ -211,9 +211,8 @@ class SignInPage(Handler):
         token = form.get("key", "").strip()
         if not token:
             return self._form(request, "Enter an administrator's bridge key.", 400)
-        d = maybeDeferred(self.ui.identity.identify, token)
-        del token, form  # the key is not kept, not even in this frame
-        return d.addCallback(self._identified, request)
+        # Checked once, never stored: only the identity it names is kept, in the session.
+        return maybeDeferred(self.ui.identity.identify, token).addCallback(self._identified, request)
 
     def _identified(self, identity: Any, request: Any) -> Any:
         if identity is None:
