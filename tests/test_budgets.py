@@ -421,3 +421,32 @@ def test_settle_adds_to_the_day_the_request_was_admitted():
     assert standing(store.db, budget, NOW).spent_micros == 0
     assert standing(store.db, budget, NOW - 86400).spent_micros == 700
     assert standing(store.db, Budget(USER_ID, 1000, "week"), NOW).spent_micros == 700
+
+
+def test_standing_reads_spend_and_holds_in_one_statement():
+    """
+    The spend and the live holds are read in one statement (one snapshot on
+    PostgreSQL, where a settlement committing between two reads would take
+    its hold away before its spend is seen): the sums are those of the rows.
+    """
+    store = SyncStore()
+    budget = Budget(USER_ID, 10_000, "month")
+
+    def setup(db):
+        settle(db, [Settlement("x", USER_ID, None, day_number(NOW), 700)])
+        hold(db, user_id=USER_ID, default=budget, cost_micros=300, hold_id="h", holder="this", now=NOW,
+             expires_at=NOW + 60)
+        hold(db, user_id=USER_ID, default=budget, cost_micros=50, hold_id="old", holder="this", now=NOW,
+             expires_at=NOW - 1)  # expired: not counted
+    exclusive(store.db, [], setup)
+    statements = []
+
+    class Counting:
+        dialect = store.db.dialect
+
+        def execute(self, statement, args=()):
+            statements.append(statement)
+            return store.db.execute(statement, args)
+    now_standing = standing(Counting(), budget, NOW)
+    assert (now_standing.spent_micros, now_standing.held_micros) == (700, 300)
+    assert len(statements) == 1
