@@ -145,6 +145,21 @@ def test_money_shows_six_decimals():
 # -- through the pipeline ------------------------------------------------------------------------------
 
 
+def test_a_request_without_a_max_is_held_for_a_long_answer():
+    """
+    A request that sets no max_tokens is assumed to ask for 32768 output
+    tokens (a long reasoning answer): a budget that would cover 4096 of
+    them refuses it, and admits the same request with a max it covers.
+    """
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    assert worst_case(GPT_4O, 1, body, 32768) > 32768 * 10
+    g, store, _ = budgeted(budgets={USER_ID: (32768 * 10 - 1, "month")})
+    g.upstream.handler = chat_answer()
+    answer = g.send("POST", "/openai/v1/chat/completions", body, AUTH)
+    assert answer.status == 429 and "less than this request may cost" in answer.json()["error"]["message"]
+    assert g.send("POST", "/openai/v1/chat/completions", {**body, "max_tokens": 4096}, AUTH).status == 200
+
+
 def test_requests_go_until_the_budget_cannot_cover_the_next():
     """
     Each request holds its worst case and spends its real cost; the first
