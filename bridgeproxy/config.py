@@ -439,7 +439,7 @@ class BudgetsConfig:
         "month", "the period of `default_amount`: `\"day\"`, `\"week\"` (Monday to Sunday) or `\"month\"`, UTC "
         "calendar periods", check=_period)
     assumed_max_tokens: int = setting(
-        4096, "the output tokens a request is assumed to ask for when it sets no `max_tokens`, "
+        32768, "the output tokens a request is assumed to ask for when it sets no `max_tokens`, "
         "`max_output_tokens` or `max_completion_tokens` (its worst case is held against the budget while it "
         "runs)", check=positive)
     hold_seconds: float = setting(

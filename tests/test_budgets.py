@@ -145,6 +145,21 @@ def test_money_shows_six_decimals():
 # -- through the pipeline ------------------------------------------------------------------------------
 
 
+def test_a_request_without_a_max_is_held_for_a_long_answer():
+    """
+    A request that sets no max_tokens is assumed to ask for 32768 output
+    tokens (a long reasoning answer): a budget that would cover 4096 of
+    them refuses it, and admits the same request with a max it covers.
+    """
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    assert worst_case(GPT_4O, 1, body, 32768) > 32768 * 10
+    g, store, _ = budgeted(budgets={USER_ID: (32768 * 10 - 1, "month")})
+    g.upstream.handler = chat_answer()
+    answer = g.send("POST", "/openai/v1/chat/completions", body, AUTH)
+    assert answer.status == 429 and "less than this request may cost" in answer.json()["error"]["message"]
+    assert g.send("POST", "/openai/v1/chat/completions", {**body, "max_tokens": 4096}, AUTH).status == 200
+
+
 def test_requests_go_until_the_budget_cannot_cover_the_next():
     """
     Each request holds its worst case and spends its real cost; the first
@@ -421,3 +436,32 @@ def test_settle_adds_to_the_day_the_request_was_admitted():
     assert standing(store.db, budget, NOW).spent_micros == 0
     assert standing(store.db, budget, NOW - 86400).spent_micros == 700
     assert standing(store.db, Budget(USER_ID, 1000, "week"), NOW).spent_micros == 700
+
+
+def test_standing_reads_spend_and_holds_in_one_statement():
+    """
+    The spend and the live holds are read in one statement (one snapshot on
+    PostgreSQL, where a settlement committing between two reads would take
+    its hold away before its spend is seen): the sums are those of the rows.
+    """
+    store = SyncStore()
+    budget = Budget(USER_ID, 10_000, "month")
+
+    def setup(db):
+        settle(db, [Settlement("x", USER_ID, None, day_number(NOW), 700)])
+        hold(db, user_id=USER_ID, default=budget, cost_micros=300, hold_id="h", holder="this", now=NOW,
+             expires_at=NOW + 60)
+        hold(db, user_id=USER_ID, default=budget, cost_micros=50, hold_id="old", holder="this", now=NOW,
+             expires_at=NOW - 1)  # expired: not counted
+    exclusive(store.db, [], setup)
+    statements = []
+
+    class Counting:
+        dialect = store.db.dialect
+
+        def execute(self, statement, args=()):
+            statements.append(statement)
+            return store.db.execute(statement, args)
+    now_standing = standing(Counting(), budget, NOW)
+    assert (now_standing.spent_micros, now_standing.held_micros) == (700, 300)
+    assert len(statements) == 1

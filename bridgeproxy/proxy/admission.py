@@ -11,9 +11,8 @@ waits for it): requests in flight, then the initiator's rate, then the
 budget, in the order the limits are checked in one process.  When it ends
 it is settled (its hold replaced by its cost, its slot given back).  The
 admissions and settlements that arrive while the store's thread is busy go
-together in its next call, in one transaction (on PostgreSQL, when no
-budget is involved, as single statements each atomic on its own), so that
-under load a request costs the store a few statements, not a thread hop
+together in its next call, in one transaction (so that a failure part
+way leaves nothing half done), so that under load a request costs the store a few statements, not a thread hop
 and a transaction of its own.
 
 A request that nothing here applies to does not touch the store at all: no
@@ -277,10 +276,10 @@ class Admission:
             return [admit(db, ask) for ask, _ in asks]
 
         def work(db: Any) -> list[Verdict]:
+            # Always one transaction: a failure part way (a slot taken, then the store fails) rolls back
+            # everything, so no slot is left taken by a request that never got its ticket, and the
+            # slots given back are given back again (once) by the retry.
             budgeted = [ask.user_id for ask, _ in asks if ask.budgeted]
-            if db.dialect == "postgresql" and not budgeted and not batch:
-                # Each limit is one statement, atomic on its own: no transaction, no lock, fewer round trips.
-                return everything(db)
             return exclusive(db, [user_lock(user_id) for user_id in budgeted], everything)
         d = self._running = self.store.run(work)
 

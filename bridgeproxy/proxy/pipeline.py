@@ -322,10 +322,11 @@ class Bridge:
             ex.ticket = (breaker, breaker.admit())
         ex.attempts += 1
         ex.forwarded_at = self.clock.seconds()
-        ex.pending = self.upstream.request(*ex.outbound)
+        pending = ex.pending = self.upstream.request(*ex.outbound)
         ex.timer = self.clock.callLater(self.timeout, self._headers_timeout, ex)
-        ex.pending.addCallbacks(self._respond, self._upstream_failed,
-                                callbackArgs=(ex,), errbackArgs=(ex,))
+        pending.addCallbacks(self._respond, self._upstream_failed, callbackArgs=(ex,), errbackArgs=(ex,))
+        # A bug in either (a provider's parser, say) still answers the client and ends the request.
+        pending.addErrback(self._crash_after_upstream, ex)
 
     def _headers_timeout(self, ex: Exchange) -> None:
         ex.timer = None
@@ -496,6 +497,10 @@ class Bridge:
                           provider=ex.entry.name, id=ex.id, reason=records.scrub(failure.getErrorMessage(), ex))
             error = UpstreamUnavailable("The upstream provider could not be reached.")
         self._refuse(ex, error)
+
+    def _crash_after_upstream(self, failure: Failure, ex: Exchange) -> None:
+        ex.pending = None
+        self._crash(ex, failure)
 
     def _failed_before_upstream(self, failure: Failure, ex: Exchange) -> None:
         if failure.check(BridgeError):

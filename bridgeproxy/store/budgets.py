@@ -207,11 +207,14 @@ def effective(db: Any, user_id: str, default: Optional[Budget]) -> Optional[Budg
 def standing(db: Any, budget: Budget, now: float) -> Standing:
     """Where C{budget}'s user stands in the period holding C{now}: spent, and held by live holds."""
     start, end = period_days(budget.period, now)
-    spent = db.execute("SELECT COALESCE(SUM(spent_micros), 0) FROM budget_spend "
-                       "WHERE user_id = ? AND day >= ? AND day < ?", (budget.user_id, start, end))[0][0]
-    held = db.execute("SELECT COALESCE(SUM(amount_micros), 0) FROM budget_holds "
-                      "WHERE user_id = ? AND day >= ? AND day < ? AND expires_at > ?",
-                      (budget.user_id, start, end, now))[0][0]
+    # One statement: on PostgreSQL (read committed) each statement sees its own snapshot, so a settlement
+    # committed between two reads (its hold gone, its spend not yet seen) would make the sum too small.
+    spent, held = db.execute(
+        "SELECT (SELECT COALESCE(SUM(spent_micros), 0) FROM budget_spend "
+        "WHERE user_id = ? AND day >= ? AND day < ?), "
+        "(SELECT COALESCE(SUM(amount_micros), 0) FROM budget_holds "
+        "WHERE user_id = ? AND day >= ? AND day < ? AND expires_at > ?)",
+        (budget.user_id, start, end, budget.user_id, start, end, now))[0]
     return Standing(budget, start, end, int(spent), int(held))
 
 
