@@ -165,6 +165,8 @@ class Gateway:
     upstream: Upstream
     upstream_agent: RequestTraversalAgent
     records: list = field(default_factory=list)
+    #: The metrics the bridge was given (what /metrics would serve).
+    metrics: Any = None
 
     def connect(self) -> tuple[Any, StringTransport]:
         protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
@@ -219,8 +221,8 @@ class _Records:
         self.into.append(record)
 
 
-def gateway(extra: Optional[dict] = None, identities: Optional[Identities] = None) -> Gateway:
-    """A bridge in memory in front of a recording upstream, configured like the defaults plus C{extra}."""
+def config(extra: Optional[dict] = None) -> Any:
+    """The configuration of the in-memory gateway: the defaults, two providers at L{UPSTREAM}, plus C{extra}."""
     data: dict[str, Any] = {
         "providers": {"openai": {"base_url": UPSTREAM + "/v1", "key_env": "K_OPENAI"},
                       "anthropic": {"base_url": UPSTREAM, "key_env": "K_ANTHROPIC"}},
@@ -231,21 +233,30 @@ def gateway(extra: Optional[dict] = None, identities: Optional[Identities] = Non
             data[key] = {**data[key], **value}
         else:
             data[key] = value
-    config = parse(data, environ={"K_OPENAI": OPENAI_KEY, "K_ANTHROPIC": ANTHROPIC_KEY})
+    return parse(data, environ={"K_OPENAI": OPENAI_KEY, "K_ANTHROPIC": ANTHROPIC_KEY})
+
+
+def providers(config: Any) -> dict:
+    """The built-in providers, as the bridge is given them for C{config}."""
+    builtins = {"openai": OpenAIProvider(), "anthropic": AnthropicProvider()}
+    return {name: ProviderEntry(builtins[name], pc) for name, pc in config.providers.items()}
+
+
+def gateway(extra: Optional[dict] = None, identities: Optional[Identities] = None) -> Gateway:
+    """A bridge in memory in front of a recording upstream, configured like the defaults plus C{extra}."""
+    settings = config(extra)
     identities = identities or Identities()
     metrics = Metrics()
     clock = Clock()
     upstream = Upstream()
     agent = RequestTraversalAgent(upstream)
     records: list = []
-    builtins = {"openai": OpenAIProvider(), "anthropic": AnthropicProvider()}
     bridge = Bridge(
-        config,
-        providers={name: ProviderEntry(builtins[name], pc) for name, pc in config.providers.items()},
-        extractors=[CoderTokenExtractor(config.auth.coder_token_headers), BearerExtractor(), ApiKeyExtractor()],
+        settings, providers=providers(settings),
+        extractors=[CoderTokenExtractor(settings.auth.coder_token_headers), BearerExtractor(), ApiKeyExtractor()],
         resolvers=[TokenResolver(identities),
-                   CoderAgentsOwnerResolver(config.initiator.delegators, identities, metrics)],
+                   CoderAgentsOwnerResolver(settings.initiator.delegators, identities, metrics)],
         detectors=[TableDetector()], agent=agent, clock=clock, recorder=_Records(records), metrics=metrics)
-    site = make_site(BridgeResource(bridge), config.max_body_bytes, clock)
+    site = make_site(BridgeResource(bridge), settings.max_body_bytes, clock)
     return Gateway(bridge=bridge, site=site, clock=clock, upstream=upstream, upstream_agent=agent,
-                   records=records)
+                   records=records, metrics=metrics)

@@ -86,6 +86,7 @@ class Bridge:
     def __init__(self, config: Config, *, providers: Mapping[str, ProviderEntry],
                  extractors: Sequence[Any], resolvers: Sequence[Any], detectors: Sequence[Any],
                  agent: Any, clock: Any, recorder: Any, metrics: Optional[Metrics] = None):
+        #: The agent beneath treq (its connection pool can be inspected).
         self.agent = agent
         self.upstream = Upstream(agent, clock)
         self.clock = clock
@@ -154,7 +155,7 @@ class Bridge:
             self._refuse(ex, error)
             return
         except Exception:
-            self._crash(ex, Failure())
+            self._crash(ex)  # the failure is the exception being handled
             return
         if isinstance(outcome, Deferred):
             outcome.addCallback(self._forward, ex)
@@ -165,7 +166,7 @@ class Bridge:
             except BridgeError as error:
                 self._refuse(ex, error)
             except Exception:
-                self._crash(ex, Failure())
+                self._crash(ex)
 
     def _route(self, ex: Exchange) -> Optional[BridgeError]:
         """
@@ -200,9 +201,9 @@ class Bridge:
                 return _unknown_route(request)
             route = ""
         ex.route = route
-        if getattr(request, "too_large", False):
+        if request.too_large:  # a BoundedRequest (proxy/site.py) stopped keeping its body
             return PayloadTooLarge(f"Request body is larger than {self.config.max_body_bytes} bytes.")
-        ex.body = request.content.read() if request.content is not None else b""
+        ex.body = request.content.read()
         if route:
             try:
                 parsed = json.loads(ex.body)
@@ -241,7 +242,9 @@ class Bridge:
         if ex.route_error is not None:
             raise ex.route_error
         request, entry, credential = ex.request, ex.entry, ex.credential
-        assert entry is not None and credential is not None and ex.route is not None
+        assert entry is not None
+        assert credential is not None
+        assert ex.route is not None
         if credential.token.encode("latin-1", "replace") in request.path:
             raise BadRequest("Refused path: it contains the bridge key; send the key in a header only.")
         self.limits.check_rate(initiator.user_id)
@@ -299,13 +302,13 @@ class Bridge:
             ex.parser = provider.usage_parser(ex.route, stream)
         if response.code >= 400 and not stream and ex.credential_kind == "centralized":
             # An error may repeat the key it was sent: that key is ours, not
-            # the client's, so the answer is read whole and the key masked.
-            request.responseHeaders.removeHeader(b"Content-Length")
+            # the client's, so the answer is read whole and the key masked
+            # (its Content-Length is set again for what is relayed).
             ex.error_body = ErrorBody(self.clock, self.timeout, MAX_ERROR_BODY,
                                       lambda body: self._error_answered(ex, response.code, body))
             response.deliverBody(ex.error_body)
             return
-        route = ex.route or ""
+        route = ex.route  # "" for a passthrough
         tail = (lambda kind, message: provider.stream_error_event(route, kind, message)) if stream else None
         parser = ex.parser
         ex.relay = Relay(request, self.clock, self.timeout,
@@ -325,7 +328,7 @@ class Bridge:
         if parser is not None:
             parser.feed(body)
         request = ex.request
-        if not ex.client_gone and request.channel is not None:
+        if request.channel is not None:  # the client is still there (its connection sets it None)
             request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
             request.write(body)
             request.finish()
@@ -399,7 +402,7 @@ class Bridge:
             error = _masked(error, message)
         self.log.info("Refused {method} {path}: {status} ({reason}) client={client} "
                       "credential={credential_kind} hint={hint}",
-                      method=request.method.decode("latin-1", "replace"),
+                      method=request.method.decode("latin-1"),
                       path=records.scrub(records.printable(request.path), ex),
                       status=error.status, reason=reason, client=ex.client.name,
                       credential_kind=credential.source if credential is not None else "none",
@@ -412,7 +415,7 @@ class Bridge:
             write_error(request, provider, error)
         self._close(ex)
 
-    def _crash(self, ex: Exchange, failure: Failure) -> None:
+    def _crash(self, ex: Exchange, failure: Optional[Failure] = None) -> None:
         # The traceback names our code, never a header value: values are only
         # ever passed as arguments, not formatted into exception messages.
         self.log.failure("Unexpected error serving {id}", failure, id=ex.id)
@@ -501,4 +504,4 @@ def _masked(error: BridgeError, message: str) -> BridgeError:
 
 
 def _unknown_route(request: Any) -> NotFound:
-    return NotFound(f"Unknown route: {request.method.decode('latin-1', 'replace')} {records.printable(request.path)}")
+    return NotFound(f"Unknown route: {request.method.decode('latin-1')} {records.printable(request.path)}")
