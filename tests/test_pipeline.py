@@ -626,7 +626,8 @@ def boom(*args):
 
 
 def test_the_given_metrics_are_counted_and_a_bridge_without_makes_its_own():
-    """The bridge counts into the Metrics it is given (those /metrics serves); without any, into its own."""
+    """The bridge counts into the Metrics it is given (those /metrics serves); without any, into its own. It
+    shows the agent it was given (whose pool a test or an operator inspects)."""
     from bridgeproxy.proxy.pipeline import Bridge
     from bridgeproxy.proxy.resource import BridgeResource
     from bridgeproxy.proxy.site import make_site
@@ -634,6 +635,7 @@ def test_the_given_metrics_are_counted_and_a_bridge_without_makes_its_own():
     g.send("POST", "/openai/v1/chat/completions", CHAT, BEARER)
     assert b'bridgeproxy_requests_total{client="Unknown",provider="openai",route="chat.completions",status="ok"} 1.0' in (
         g.metrics.exposition())
+    assert g.bridge.agent is g.upstream_agent
     settings = memory.config()
     own = Bridge(settings, providers=memory.providers(settings), extractors=g.bridge.extractors,
                  resolvers=g.bridge.resolvers, detectors=g.bridge.detectors, agent=g.upstream_agent,

@@ -104,6 +104,7 @@ class Bridge:
                  extractors: Sequence[Any], resolvers: Sequence[Any], detectors: Sequence[Any],
                  agent: Any, clock: Any, recorder: Any, metrics: Optional[Metrics] = None,
                  admission: Any = None):
+        #: The agent beneath treq (its connection pool can be inspected).
         self.agent = agent
         self.admission = admission
         self.upstream = Upstream(agent, clock)
