@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_e2e_api,tests.test_startup -*-
+# -*- test-case-name: tests.test_api,tests.test_e2e_api,tests.test_startup -*-
 """
 The bridge's own HTTP endpoints: reading interceptions and usage back
 (C{/api/v1/...}, authenticated with a bridge key; admins see every row,
@@ -174,7 +174,7 @@ class BridgeAPI:
                 raise BadRequest("Only GET is supported here.")
             credential = extract_credential(self.extractors, request)
             if credential is None:
-                raise AuthenticationFailed("No API key provided.", reason="missing")
+                raise AuthenticationFailed("No API key provided.")
             d = self.identity.identify(credential.token)
             d.addCallback(self._authorized, request, views[name], name in ADMIN_VIEWS)
             d.addErrback(self._failed, request)
@@ -306,9 +306,7 @@ class BridgeAPI:
                 "status": "ready" if ready else "not ready", "store": "ok" if store_ok else "unavailable",
                 "providers_with_key": providers, "recording_queue": len(self.recorder.queue)}
             if isinstance(result, Failure):
-                # Why, in a few words and without the database password.
-                describe = getattr(self.store, "describe", None)
-                body["reason"] = describe(result.value) if describe is not None else "the store did not answer"
+                body["reason"] = self.store.describe(result.value)  # a few words, without the database password
             _json(request, 200 if ready else 503, body)
         d.addBoth(answer)
 

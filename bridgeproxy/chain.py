@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_plugins -*-
+# -*- test-case-name: tests.test_chain,tests.test_plugins -*-
 """
 Plugin discovery and ordering.
 

@@ -107,8 +107,8 @@ def _delegators(where: str, value: tuple[str, ...], base_dir: str) -> frozenset[
 
 
 def _database(where: str, value: str, base_dir: str) -> str:
-    if not (value.startswith("sqlite:") or value.startswith(("postgresql://", "postgres://"))):
-        raise ConfigError(f"database must be 'sqlite:PATH' or 'postgresql://...', got {value.split(':', 1)[0]!r}...")
+    if not value.startswith(("sqlite:", "postgresql://", "postgres://")):
+        raise ConfigError(f"database must be 'sqlite:PATH' or 'postgresql://...', got {value.partition(':')[0]!r}...")
     return value
 
 
@@ -141,7 +141,7 @@ def _sqlite_beside(url: str, base_dir: str) -> str:
     if not url.startswith("sqlite:"):
         return url
     path = url[len("sqlite:"):]
-    if path in ("", ":memory:"):
+    if path == ":memory:":
         return url
     return "sqlite:" + _beside(path, base_dir)
 
@@ -614,6 +614,8 @@ def _read_key(provider: ProviderConfig, environ: Mapping[str, str], base_dir: st
                 value = f.read().strip()
         except OSError as e:
             raise ConfigError(f"{where}.key_file: cannot read {path!r}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where}.key_file: {path!r} is not UTF-8 text") from None
         return replace(provider, key=value or None, key_source=f"file {path}")
     name = provider.key_env or f"{provider.name.upper()}_API_KEY"
     value = environ.get(name, "").strip()

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_logs -*-
+# -*- test-case-name: tests.test_logs_memory,tests.test_logs -*-
 """
 Log observer factories for twistd's C{--logger} option:
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap,tests.test_reload,tests.test_startup -*-
+# -*- test-case-name: tests.test_tap_memory,tests.test_tap,tests.test_reload,tests.test_startup -*-
 """
 The twistd glue, and the one place where the parts are wired together.
 """
@@ -78,7 +78,7 @@ class Options(usage.Options):
             config = override(config, workers=workers)
         if self["log-format"] not in (None, "json", "text"):
             raise SystemExit("bridgeproxy: --log-format must be json or text")
-        parent = getattr(self, "parent", None)
+        parent = self.parent
         if self["log-format"] and parent is not None and parent.get("logger") is None:
             # twistd resolves --logger after this; ours becomes its observer factory.
             parent["logger"] = f"bridgeproxy.logs.{self['log-format']}"
@@ -96,7 +96,6 @@ class App:
 
     config: Config
     bridge: Bridge
-    resource: BridgeResource
     site: Any
     store: AsyncStore
     recorder: Recorder
@@ -182,10 +181,9 @@ def build(config: Config, reactor: Any, *, agent: Any = None, store: Optional[As
                            recorder=recorder, providers=chains.providers,
                            metrics=None if config.metrics_listen else metrics, admission=admission)
     metrics.watch_queue(lambda: len(recorder.queue))
-    resource = BridgeResource(bridge)
-    site = make_site(resource, config.max_body_bytes, reactor, access_log=config.access_log)
+    site = make_site(BridgeResource(bridge), config.max_body_bytes, reactor, access_log=config.access_log)
     retention = Retention(store, reactor, config.recording.retention_days)
-    return App(config=config, bridge=bridge, resource=resource, site=site, store=store,
+    return App(config=config, bridge=bridge, site=site, store=store,
                recorder=recorder, metrics=metrics, identity=chains.identity, retention=retention,
                reactor=reactor, plugin_package=plugin_package, admission=admission)
 
@@ -433,7 +431,7 @@ def listen(description: str, factory: Any, reactor: Any, what: str = "listen") -
         raise SystemExit(f"bridgeproxy: {what}: not a usable endpoint {description!r} ({e})") from None
     outcome: list[Any] = []
     endpoint.listen(factory).addBoth(outcome.append)
-    if not outcome:  # pragma: no cover - tcp, ssl and unix endpoints listen at once
+    if not outcome:  # a plugin's endpoint type that binds later: the start could not say it listens
         raise SystemExit(f"bridgeproxy: {what}: endpoint {description!r} does not listen at once")
     if isinstance(outcome[0], Failure):
         error = outcome[0].value

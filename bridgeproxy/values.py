@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_units -*-
+# -*- test-case-name: tests.test_values,tests.test_units -*-
 """
 Small values read from untrusted text: user ids and points in time.
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_workers,tests.test_startup,tests.test_workers_metrics -*-
+# -*- test-case-name: tests.test_workers_memory,tests.test_workers,tests.test_startup,tests.test_workers_metrics -*-
 """
 Several reactor processes on one port (C{workers = N}).
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,7 +29,7 @@ import tempfile
 from typing import Any, Optional
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
@@ -44,11 +45,10 @@ def listen_backlog() -> int:
     C{net.core.somaxconn} when that is larger (Twisted's default is 50).
     """
     try:
-        with open("/proc/sys/net/core/somaxconn", encoding="ascii") as f:
-            somaxconn = int(f.read().strip())
+        with open("/proc/sys/net/core/somaxconn", "rb") as f:
+            return max(1024, int(f.read()))
     except (OSError, ValueError):
-        somaxconn = 0
-    return max(1024, somaxconn)
+        return 1024
 
 
 def tcp_address(listen: str) -> tuple[str, int, int]:
@@ -57,7 +57,8 @@ def tcp_address(listen: str) -> tuple[str, int, int]:
     endpoint (backlog: L{listen_backlog} unless given); workers need a
     fixed TCP port to share.
     """
-    parts = listen.split(":")
+    # A colon inside a value is escaped with a backslash (an IPv6 interface: interface=\:\:1).
+    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", listen)]
     if len(parts) < 2 or parts[0] != "tcp":
         raise ConfigError(f"workers need a 'tcp:PORT:interface=ADDR' listen endpoint, got {listen!r}")
     try:
@@ -78,9 +79,9 @@ def tcp_address(listen: str) -> tuple[str, int, int]:
 def reuseport_socket(interface: str, port: int, backlog: int) -> socket.socket:
     """A listening, non-blocking socket that other processes may bind too."""
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock = socket.socket(family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, True)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, True)
     sock.bind((interface, port))
     sock.listen(backlog)
     sock.setblocking(False)
@@ -129,7 +130,7 @@ class _Worker(ProcessProtocol):
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == READY_FD and b"ready" in data and not self.ready.called:
-            self.ready.callback(self)
+            self.ready.callback(None)
 
     def processEnded(self, reason: Any) -> None:
         if not self.ready.called:
@@ -303,8 +304,6 @@ class Supervisor(service.Service):
         super().stopService()
         waiting = []
         for worker in [*self.workers.values(), *self.starting, *self.retiring]:
-            if worker.ended.called:
-                continue
             worker.terminate()
             waiting.append(worker.ended)
         done = DeferredList(waiting) if waiting else succeed(None)

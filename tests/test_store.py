@@ -4,17 +4,22 @@ The store, the same behaviour on SQLite and on a real PostgreSQL server
 """
 
 import json
+import threading
 import time
 
 import pytest
+import pytest_twisted
 from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
 
 from bridgeproxy.config import RecordingConfig
 from bridgeproxy.recording import Recorder
-from bridgeproxy.store import Database
+from bridgeproxy.errors import ConfigError
+from bridgeproxy.store import AsyncStore, Database, StoreError, check_sqlite, describe_error, safe_url
+from bridgeproxy.store.schema import LATEST
 from bridgeproxy.types import Interception, ToolCall
 from tests.pg import drop_pg_schema, pg_schema
+from tests.wired import InlinePool, Reactor
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -164,3 +169,132 @@ def test_recorder_stop_spools_what_it_cannot_write(tmp_path):
     for _ in range(10):
         clock.advance(1)
     assert sorted(store.rows) == sorted(f"id-{i}" for i in range(7))
+
+
+# -- the store's face: one thread of its own, URLs and errors without passwords ----------------------
+
+
+def test_a_sqlite_store_is_made_usable_at_start(tmp_path, monkeypatch):
+    """check_sqlite creates and migrates the file now, so that a path that cannot be used stops the start."""
+    check_sqlite(f"sqlite:{tmp_path / 'b.db'}")
+    assert Database(f"sqlite:{tmp_path / 'b.db'}").version() == LATEST
+    monkeypatch.chdir(tmp_path)
+    check_sqlite("sqlite:relative.db")
+    assert (tmp_path / "relative.db").exists()
+
+
+@pytest.mark.parametrize("url", ["sqlite:", "sqlite::memory:", "postgresql://u:pw@db.invalid/bridge"])
+def test_other_stores_are_left_alone_at_start(tmp_path, monkeypatch, url):
+    """In-memory SQLite and PostgreSQL are not checked on disk."""
+    monkeypatch.chdir(tmp_path)
+    check_sqlite(url)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sqlite_path_that_cannot_be_used_is_one_line(tmp_path):
+    """A missing directory, a directory or a file that is not a database is one line naming the URL."""
+    with pytest.raises(ConfigError) as caught:
+        check_sqlite(f"sqlite:{tmp_path / 'missing' / 'b.db'}")
+    assert str(caught.value) == (f"database: cannot use sqlite:{tmp_path / 'missing' / 'b.db'}: "
+                                 f"the directory {tmp_path / 'missing'} does not exist")
+    with pytest.raises(ConfigError) as caught:
+        check_sqlite(f"sqlite:{tmp_path}")
+    assert str(caught.value) == f"database: cannot use sqlite:{tmp_path}: it is a directory"
+    (tmp_path / "text.db").write_bytes(b"this is not a database, it is a text file of some length" * 20)
+    with pytest.raises(ConfigError) as caught:
+        check_sqlite(f"sqlite:{tmp_path / 'text.db'}")
+    assert str(caught.value) == f"database: cannot use sqlite:{tmp_path / 'text.db'}: file is not a database"
+
+
+def inline_store(url="sqlite::memory:", **kw):
+    pool = InlinePool()
+    return AsyncStore(url, Reactor(), pool=pool, **kw), pool
+
+
+def result(d):
+    results = []
+    d.addBoth(results.append)
+    assert results, "the store did not answer at once"
+    return results[0]
+
+
+def test_calls_share_one_migrated_connection():
+    """Calls share one connection, migrated when it is opened (unless asked not to)."""
+    store, pool = inline_store()
+    assert result(store.run(lambda db: db.version())) == LATEST
+    result(store.run(lambda db: db.execute("CREATE TEMP TABLE t (x)")))
+    assert result(store.run(lambda db: db.execute("SELECT COUNT(*) FROM t"))) == [(0,)]
+    assert pool.started == 1 and pool.calls == 3
+    bare, _ = inline_store(migrate=False)
+    assert result(bare.run(lambda db: db.version())) == 0
+
+
+def test_a_broken_connection_is_dropped_and_opened_again():
+    """A call that fails (a server restart) closes the connection; the next call opens a new one."""
+    store, _ = inline_store()
+    result(store.run(lambda db: db.execute("CREATE TEMP TABLE t (x)")))
+
+    def broken(db):
+        raise ConnectionError("server closed the connection unexpectedly")
+    assert result(store.run(broken)).check(ConnectionError)
+    failure = result(store.run(lambda db: db.execute("SELECT COUNT(*) FROM t")))
+    assert "no such table: t" in str(failure.value)   # a new connection (the old one's table is gone)
+
+
+def test_a_refusal_of_the_store_keeps_the_connection():
+    """A StoreError (a refusal, not a broken connection) keeps the connection."""
+    store, _ = inline_store()
+    result(store.run(lambda db: db.execute("CREATE TEMP TABLE t (x)")))
+    assert result(store.run(lambda db: db.ensure_user("alice", "u1"))).username == "alice"
+    refused = result(store.run(lambda db: db.ensure_user("alice", "u2")))
+    assert refused.check(StoreError)
+    assert result(store.run(lambda db: db.execute("SELECT COUNT(*) FROM t"))) == [(0,)]
+
+
+def test_stopping_closes_the_connection_and_the_thread():
+    """Stopping closes the connection and the thread; a store used again starts again."""
+    store, pool = inline_store()
+    assert result(store.stop()) is None and pool.stopped == 0   # never started: nothing to stop
+    result(store.run(lambda db: db.execute("CREATE TEMP TABLE t (x)")))
+    assert result(store.stop()) is None and pool.stopped == 1
+    # Used again, it starts again, on a new connection.
+    assert "no such table" in str(result(store.run(lambda db: db.execute("SELECT * FROM t"))).value)
+    assert pool.started == 2
+    store.start()
+    assert pool.started == 2
+
+
+def test_a_store_describes_its_errors_without_the_password():
+    """A store describes an error in one line, without its URL's password."""
+    store, _ = inline_store("postgresql://bridge:hunter2-0123@db/bridge")
+    assert store.describe(OSError("password hunter2-0123 refused\nDETAIL")) == "password *** refused"
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_store_has_a_thread_of_its_own():
+    """Calls run off the reactor's thread, on the store's own named thread."""
+    from twisted.internet import reactor
+    store = AsyncStore("sqlite::memory:", reactor)
+    try:
+        names = yield store.run(lambda db: threading.current_thread().name)
+        assert names != threading.current_thread().name
+        assert names.startswith("PoolThread-bridgeproxy-store-")
+    finally:
+        yield store.stop()
+
+
+def test_urls_shown_never_hold_a_password():
+    """A URL shown hides the user part (a password with '@' included) and password= values."""
+    assert safe_url("postgresql://bridge:p@ss@db:5432/bridge?sslrootcert=http://ca/x") == (
+        "postgresql://***@db:5432/bridge?sslrootcert=http://ca/x")
+    assert safe_url("sqlite:/var/lib/b@ckup/bridge.db") == "sqlite:/var/lib/b@ckup/bridge.db"
+    assert safe_url("postgresql://db/bridge?user=u&password=pw&x=1") == "postgresql://db/bridge?user=u&password=***&x=1"
+
+
+def test_store_errors_are_short_single_lines():
+    """An error is its first line, at most 200 characters, its type's name when it has no text."""
+    url = "postgresql://u:pw-0123@db/bridge?password=&x=1"
+    assert describe_error(OSError(), url) == "OSError"
+    assert describe_error(ConnectionError("   "), url) == "ConnectionError"
+    assert describe_error(OSError("x" * 300), url) == "x" * 200
+    assert describe_error(OSError("  refused for pw-0123  \n  more"), url) == "refused for ***"

@@ -56,8 +56,8 @@ def passwords(url: str) -> list[str]:
         query = urlsplit(url).query
     except ValueError:
         query = url.partition("?")[2]
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        if name.lower() == "password" and value:
+    for name, value in parse_qsl(query):   # blank values are left out: no password to hide
+        if name.lower() == "password":
             found.append(value)
     for value in re.findall(r"(?i)[?&]password=([^&#]*)", url):
         if value:
@@ -113,14 +113,16 @@ class AsyncStore:
 
     @param url: the C{database} setting.
     @param reactor: the reactor whose thread gets the results.
+    @param pool: the thread the calls run on (default: a pool of one thread of
+        its own); tests pass one that runs them at once.
     """
 
-    def __init__(self, url: str, reactor: Any, migrate: bool = True):
+    def __init__(self, url: str, reactor: Any, migrate: bool = True, pool: Optional[Any] = None):
         self.url = url
         self._reactor = reactor
         self._migrate = migrate
         self._db: Optional[Database] = None
-        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="bridgeproxy-store")
+        self._pool = pool if pool is not None else ThreadPool(minthreads=1, maxthreads=1, name="bridgeproxy-store")
         self._started = False
 
     def start(self) -> None:
