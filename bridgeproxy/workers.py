@@ -29,7 +29,7 @@ import tempfile
 from typing import Any, Optional
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 

@@ -116,9 +116,10 @@ def test_a_config_that_is_not_text_is_one_error(tmp_path):
 
 
 @pytest.mark.parametrize("data,message", [
-    ({"lisen": "tcp:1"}, "unknown key 'lisen' (known keys here: access_log, auth, clients, database, identity_backend, "
-                         "initiator, limits, listen, log_interceptions, max_body_bytes, metrics_listen, plugins, "
-                         "providers, recording, shutdown_grace_seconds, upstream, workers)"),
+    ({"lisen": "tcp:1"}, "unknown key 'lisen' (known keys here: access_log, aiproxy, auth, breaker, budgets, clients, "
+                         "database, identity_backend, initiator, limits, listen, log_interceptions, max_body_bytes, "
+                         "metrics_listen, plugins, prices, providers, recording, retries, shutdown_grace_seconds, "
+                         "upstream, workers)"),
     ({"clients": {"detector": []}}, "unknown key 'clients.detector' (known keys here: detectors)"),
     ({"workers": "2"}, "workers must be int, got str"),
     ({"workers": 2.0}, "workers must be int, got float"),

@@ -266,7 +266,7 @@ def test_a_built_bridge_serves_and_records_with_its_plugins(acme):
 
 @pytest.mark.parametrize("data,message", [
     ({"identity_backend": "ldap"}, "identity_backend: no IIdentityBackend plugin is called 'ldap' "
-                                   "(available: keystore)"),
+                                   "(available: coder, keystore)"),
     ({"providers": {"local": {"plugin": "openai-compatible"}}},
      "providers.local.base_url is required: the 'openai-compatible' provider has no default"),
     ({"providers": {"azure": {"plugin": "azure"}}}, "providers.azure: no IProvider plugin is called 'azure'"),
@@ -515,7 +515,7 @@ def test_a_broken_file_changes_nothing(app, tmp_path, captured_log):
     path.write_text('identity_backend = "ldap"\n')
     assert tap.reload(app, str(path)) is False
     assert ("Reload failed, still running the previous configuration: identity_backend: no IIdentityBackend "
-            "plugin is called 'ldap' (available: keystore)") in logged(captured_log)
+            "plugin is called 'ldap' (available: coder, keystore)") in logged(captured_log)
     assert app.config is before
     assert app.gateway.send("POST", "/openai/v1/chat/completions", CHAT, bearer(app.token)).status == 200
 
@@ -630,7 +630,7 @@ def test_a_store_down_at_start_is_tried_again_later_and_later(captured_log):
     assert "hunter2" not in captured_log.text()
     store.down = None
     clock.advance(30)
-    assert "Store postgresql://***@db.internal/bridge reachable (schema version 2)" in logged(captured_log)
+    assert "Store postgresql://***@db.internal/bridge reachable (schema version 7)" in logged(captured_log)
     assert [c for c in clock.getDelayedCalls() if c.func == svc._reach_store] == []
     svc.stopService()
 

@@ -433,7 +433,7 @@ def test_a_reload_checks_the_real_file(tmp_path, captured_log):
     sup.startService()
     sup.reload()
     assert ("Reload failed, workers keep the previous configuration: identity_backend: no IIdentityBackend "
-            "plugin is called 'ldap' (available: keystore)") in logged(captured_log)
+            "plugin is called 'ldap' (available: coder, keystore)") in logged(captured_log)
     path.write_text(f'database = "sqlite:{tmp_path / "never.db"}"\n')
     sup.reload()
     assert len(reactor.spawned) == 3 and not (tmp_path / "never.db").exists()
