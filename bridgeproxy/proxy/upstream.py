@@ -252,10 +252,10 @@ class _AsSent:
     def request(self, method: bytes, uri: bytes, headers: Optional[Headers] = None,
                 bodyProducer: Any = None) -> Deferred:
         if uri != self.expected:
-            return fail(BadRequest("Refused path: it would not reach the provider as it was checked."))
+            return _not_as_checked()
         if uri not in self._as_written:
             if URI.fromBytes(uri).originForm != _origin_form(uri):
-                return fail(BadRequest("Refused path: it would not reach the provider as it was checked."))
+                return _not_as_checked()
             if len(self._as_written) >= 512:
                 self._as_written.clear()
             self._as_written.add(uri)
@@ -297,7 +297,7 @@ class Upstream:
         try:
             verbatim = _Verbatim.of(url)
         except (UnicodeDecodeError, ValueError):
-            return fail(BadRequest("Refused path: it would not reach the provider as it was checked."))
+            return _not_as_checked()
         return self._client.request(
             method.decode("ascii"), verbatim, headers=headers,
             data=BytesProducer(body) if body is not None else None,
@@ -342,6 +342,11 @@ class _Verbatim(EncodedURL):
 
     def to_text(self, *args: Any, **kwargs: Any) -> str:
         return self._verbatim
+
+
+def _not_as_checked() -> Deferred:
+    """The refusal of a URL that would not reach the upstream exactly as the pipeline checked it."""
+    return fail(BadRequest("Refused path: it would not reach the provider as it was checked."))
 
 
 def _origin_form(uri: bytes) -> bytes:
