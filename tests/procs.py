@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -61,11 +62,39 @@ def start_upstream_and_key(tmp_path, answer):
     return port, up_port, upstream, config, out.getvalue().strip()
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on (now)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """
+    A TCP port on loopback that nothing listens on (now), taken from below
+    the kernel's ephemeral range.  A port from C{bind(0)} could be handed
+    out again to a later C{listenTCP(0)} in the same test, which would then
+    answer in place of the twistd child meant to take it.
+    """
+    low, _ = _ephemeral_range()
+    first = 10000 if low > 11000 else 1024
+    candidates = list(range(first, max(first + 1000, low)))
+    random.shuffle(candidates)
+    for candidate in candidates:
+        if candidate in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+        _handed_out.add(candidate)
+        return candidate
+    raise AssertionError("no free port below the ephemeral range")
 
 
 def wait_for_port(port: int, proc, seconds: float = 30.0) -> None:
