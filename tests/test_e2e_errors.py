@@ -153,14 +153,18 @@ def test_websocket_attempt_is_refused_at_once(bridge, agent):
 
 @pytest_twisted.inlineCallbacks
 def test_upstream_errors_are_relayed(bridge, agent):
-    """An upstream error keeps its status and body (here a 429 with Retry-After), and is recorded."""
+    """
+    An upstream error keeps its status and body (here a 429 whose Retry-After
+    is longer than the retries wait for, so it is not retried), and is recorded.
+    """
     token = bridge.create_key("alice")
     error = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
-    bridge.upstream.handler = fakes.json_answer(429, error, {"retry-after": "7"})
+    bridge.upstream.handler = fakes.json_answer(429, error, {"retry-after": "70"})
     response, body = yield call(agent, "POST", bridge.url + "/anthropic/v1/messages", MESSAGES, {"X-Api-Key": token})
     assert response.code == 429
     assert json.loads(body) == error
-    assert response.headers.getRawHeaders(b"retry-after") == [b"7"]
+    assert response.headers.getRawHeaders(b"retry-after") == [b"70"]
+    assert len(bridge.upstream.requests) == 1
     yield bridge.flush()
     row = bridge.rows()[0]
     assert row["upstream_status"] == 429
