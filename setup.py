@@ -48,6 +48,7 @@ setup(
             "pytest>=8",
             "pytest-twisted>=1.14",
             "pytest-timeout>=2.2",
+            "pytest-xdist>=3.5",
             "hypothesis>=6.100",
             "openai>=1.40",
             "anthropic>=0.34",
