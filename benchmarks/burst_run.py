@@ -38,6 +38,7 @@ import json
 import os
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -173,13 +174,16 @@ spool_path = "{tmp / f'{name}-{round_}-spool.jsonl'}"
             # Imports, first connections, the upstream's first answers.
             warm(f"http://127.0.0.1:{ports[port_name]}{path}", token)
             warmed[name] = time.monotonic()
-        for name, port_name, path, token, _ in targets:
+        # Every other round the targets after `direct` go in reverse order, so
+        # that none is always the one measured last (or first) in a round.
+        order = targets if round_ % 2 == 0 else targets[:1] + targets[:0:-1]
+        for name, port_name, path, token, _ in order:
             time.sleep(args.pause)
             if token:  # a bridge: its key cache must be cold, as at a morning login
                 time.sleep(max(0.0, warmed[name] + KEY_CACHE_SECONDS + 1 - time.monotonic()))
             if args.profile and name in args.profile:
                 profiler = subprocess.Popen(
-                    [args.py_spy, "record", "--nonblocking", "-r", "250", "-f", "raw", "-d",
+                    [args.py_spy, "record", "--nonblocking", "-r", str(args.profile_rate), "-f", "raw", "-d",
                      str(args.profile_seconds or int(args.events * args.gap_ms / 1000) + 8),
                      "-o", str(Path(args.profile_dir) / f"{name}-{round_}.txt"),
                      "--pid", str(pids[name])],
@@ -250,6 +254,31 @@ def render(rounds, args, nofile):
             lines.append(f"| {i + 1} | {name} | {r['ok']} | {r['failures']}{f' ({kinds})' if kinds else ''} | "
                          f"{r['connect_p99_ms']} | {r['ttfb_p50_ms']} | {r['ttfb_p99_ms']} | {r['ttfb_max_ms']} | {r['wall_s']} | "
                          f"{ratio50} | {ratio99} | {ratio_best} | {r.get('cpu_setup_ms')} | {r.get('cpu_total_s')} |")
+    if len(rounds) > 1:
+        lines += ["", f"Medians over the {len(rounds)} rounds (each ratio taken within its round):", "",
+                  "| target | TTFB p99 (ms) | p99 / rproxy | p99 / best naive | server CPU to p99 / best naive's |",
+                  "|---|---|---|---|---|"]
+        for name in rounds[0]:
+            if name == "direct" or name.startswith("rproxy"):
+                continue
+            p99s, by_rproxy, by_best, by_cpu = [], [], [], []
+            for results in rounds:
+                r = results.get(name)
+                if not r or r["ttfb_p99_ms"] is None:
+                    continue
+                p99s.append(r["ttfb_p99_ms"])
+                naive = [(n, x) for n, x in results.items() if n.startswith("rproxy") and x["ttfb_p99_ms"]]
+                if "rproxy" in results and results["rproxy"]["ttfb_p99_ms"]:
+                    by_rproxy.append(r["ttfb_p99_ms"] / results["rproxy"]["ttfb_p99_ms"])
+                if naive:
+                    best_name, best_result = min(naive, key=lambda item: item[1]["ttfb_p99_ms"])
+                    by_best.append(r["ttfb_p99_ms"] / best_result["ttfb_p99_ms"])
+                    if r.get("cpu_setup_ms") and best_result.get("cpu_setup_ms"):
+                        by_cpu.append(r["cpu_setup_ms"] / best_result["cpu_setup_ms"])
+
+            def median(values, unit="×"):
+                return f"{statistics.median(values):.2f}{unit}" if values else ""
+            lines.append(f"| {name} | {median(p99s, '')} | {median(by_rproxy)} | {median(by_best)} | {median(by_cpu)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -280,6 +309,7 @@ def main():
     parser.add_argument("--profile-seconds", type=int, default=0,
                         help="how long to profile from 1 s before the burst (default: the whole burst)")
     parser.add_argument("--profile-dir", default=tempfile.gettempdir())
+    parser.add_argument("--profile-rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--py-spy", default=str(Path(PY).parent / "py-spy"))
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
