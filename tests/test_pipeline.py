@@ -1222,6 +1222,28 @@ def test_the_gateway_key_in_a_refused_path_is_masked_everywhere(events):
     assert OPENAI_KEY not in log_text(events)
 
 
+@pytest.mark.parametrize("path,masked", [
+    # Another provider's key: the gateway knows every provider's key.
+    (f"/openai/v1/files/{ANTHROPIC_KEY}", "/v1/files/sk-a...def"),
+    # A key the gateway does not know, shaped like a provider's: the client's own.
+    ("/anthropic/v1/files/sk-proj-ClientOwnKey0123456789", "/v1/files/sk-...89"),
+    # Another bridge key than the caller's.
+    ("/openai/v1/files/bp_SomeoneElsesKey0123456789", "/v1/files/bp_...89"),
+])
+def test_any_key_in_a_refused_path_is_masked_everywhere(events, path, masked):
+    """A key of any kind in the path of a refused request is masked in the answer, the record and the log line."""
+    g = memory.gateway()
+    answer = g.send("GET", path, None, BEARER)
+    secret = path.rpartition("/")[2]
+    assert answer.status == 404
+    assert answer.json()["error"]["message"].endswith(masked)
+    assert secret.encode() not in answer.raw
+    assert g.records[0].route == masked
+    assert secret not in (g.records[0].error or "") and g.records[0].error.endswith(masked)
+    assert secret not in log_text(events)
+    assert masked in log_text(events)
+
+
 def test_the_refusal_log_line(events):
     """A refusal is logged with the method, the path (no query string), the status, the reason, the client,
     where the key was found and a hint of it."""

@@ -93,6 +93,19 @@ def test_secrets_of_six_characters_or_more_are_masked():
         assert scrub(f"key {token} again {token}", ex) == f"key {masked} again {masked}"
 
 
+def test_given_secrets_and_key_shaped_words_are_masked():
+    """Keys given (any provider's, whatever their shape) and words shaped like a provider's or a bridge's key
+    are masked; shorter look-alikes and other words are not."""
+    from bridgeproxy.proxy.exchange import Exchange
+    from bridgeproxy.proxy.records import scrub
+    ex = Exchange(request=None, started=0)
+    assert scrub("vllm token-abc123-compat here", ex, ("token-abc123-compat",)) == "vllm to...t here"
+    assert scrub("a sk-0123456789ab b", ex) == "a s...b b"
+    assert scrub("a bp_0123456789ab-_ b", ex) == "a bp..._ b"
+    assert scrub("a sk-0123456789a b, sk-proj-****abcd, skx-0123456789abcdef", ex) == (
+        "a sk-0123456789a b, sk-proj-****abcd, skx-0123456789abcdef")
+
+
 def test_a_path_is_cut_at_its_first_question_mark():
     from bridgeproxy.proxy.records import printable
     assert printable(b"/v1/x?a=1?b=2") == "/v1/x"

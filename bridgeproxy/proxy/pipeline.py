@@ -140,6 +140,8 @@ class Bridge:
             config.breaker, self.clock, self._breaker_changed)
         self.config = config
         self.providers = by_prefix
+        #: Every provider's key: masked in whatever is answered, logged or recorded.
+        self.secrets = tuple(entry.config.key for entry in by_prefix.values() if entry.config.key)
         self.extractors = tuple(extractors)
         self.resolvers = tuple(resolvers)
         self.detectors = tuple(detectors)
@@ -390,7 +392,7 @@ class Bridge:
     def _error_answered(self, ex: Exchange, code: int, body: bytes) -> None:
         """An upstream error answer, read whole: mask our keys in it, relay it, record it."""
         text = body.decode("utf-8", "replace")
-        scrubbed = records.scrub(text, ex)
+        scrubbed = records.scrub(text, ex, self.secrets)
         if scrubbed != text:
             body = scrubbed.encode("utf-8")
         parser = ex.parser
@@ -495,7 +497,7 @@ class Bridge:
             error = failure.value
         else:
             self.log.warn("Upstream {provider} unreachable for {id}: {reason}",
-                          provider=ex.entry.name, id=ex.id, reason=records.scrub(failure.getErrorMessage(), ex))
+                          provider=ex.entry.name, id=ex.id, reason=records.scrub(failure.getErrorMessage(), ex, self.secrets))
             error = UpstreamUnavailable("The upstream provider could not be reached.")
         self._refuse(ex, error)
 
@@ -518,14 +520,14 @@ class Bridge:
         reason = getattr(error, "reason", error.kind)
         self.metrics.inc(f"refused:{error.status}:{reason}")
         credential = ex.credential
-        message = records.scrub(error.message, ex)
+        message = records.scrub(error.message, ex, self.secrets)
         if message != error.message:
             # A path can carry a secret (a client's mistake); the answer and the log never do.
             error = _masked(error, message)
         self.log.info("Refused {method} {path}: {status} ({reason}) client={client} "
                       "credential={credential_kind} hint={hint}",
                       method=request.method.decode("latin-1"),
-                      path=records.scrub(records.printable(request.path), ex),
+                      path=records.scrub(records.printable(request.path), ex, self.secrets),
                       status=error.status, reason=reason, client=ex.client.name,
                       credential_kind=credential.source if credential is not None else "none",
                       hint=credential.hint if credential is not None else "none")
@@ -554,7 +556,7 @@ class Bridge:
         record = records.interception(ex, ended_at=self.clock.seconds(), status=status, error=error, usage=usage,
                                       http_status=http_status,
                                       max_prompt_chars=self.config.recording.max_prompt_chars,
-                                      prices=self.prices)
+                                      prices=self.prices, secrets=self.secrets)
         self.metrics.interception(record)
         if ex.admitted is not None:
             self.admission.finish(ex, record.cost_micros)

@@ -6,7 +6,8 @@ masking of the secrets it knows out of any text it records.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import re
+from typing import Any, Iterable, Optional
 
 from bridgeproxy.proxy.exchange import Exchange
 from bridgeproxy.types import Interception, Usage, mask_secret
@@ -23,18 +24,27 @@ def printable(path: bytes) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
-def scrub(text: str, ex: Exchange) -> str:
-    """C{text} with the secrets this exchange knows masked (an upstream may echo them)."""
+#: What a provider key or a bridge key looks like, wherever it comes from
+#: (a client's own key of another provider, pasted into a path).
+_KEY_SHAPED = re.compile(r"(?:sk-|bp_)[A-Za-z0-9_-]{12,}")
+
+
+def scrub(text: str, ex: Exchange, secrets: Iterable[str] = ()) -> str:
+    """
+    C{text} with the secrets this exchange knows masked (an upstream may echo
+    them), and those in C{secrets} (every provider's key), and anything
+    shaped like a provider's or a bridge's key.
+    """
     central = ex.entry.config.key if ex.entry is not None else None
-    for secret in (ex.credential.token if ex.credential else None, ex.upstream_key, central):
+    for secret in (ex.credential.token if ex.credential else None, ex.upstream_key, central, *secrets):
         if secret and len(secret) >= 6 and secret in text:
             text = text.replace(secret, mask_secret(secret))
-    return text
+    return _KEY_SHAPED.sub(lambda match: mask_secret(match.group()), text)
 
 
 def interception(ex: Exchange, *, ended_at: float, status: str, error: Optional[str],
                  usage: Optional[Usage], http_status: Optional[int], max_prompt_chars: int,
-                 prices: Any = None) -> Interception:
+                 prices: Any = None, secrets: Iterable[str] = ()) -> Interception:
     """
     The record of C{ex}.
 
@@ -43,6 +53,7 @@ def interception(ex: Exchange, *, ended_at: float, status: str, error: Optional[
     @param http_status: the status the client got, if it got one.
     @param prices: the L{bridgeproxy.prices.PriceTable} that prices C{usage}
         (no cost without one, or without usage).
+    @param secrets: keys to mask in what is recorded, besides the exchange's own.
     """
     initiator = ex.initiator
     parsed = ex.parsed or {}
@@ -63,7 +74,7 @@ def interception(ex: Exchange, *, ended_at: float, status: str, error: Optional[
         started_at=ex.started,
         ended_at=ended_at,
         provider=provider_name,
-        route=ex.route or scrub(printable(ex.subpath), ex),
+        route=ex.route or scrub(printable(ex.subpath), ex, secrets),
         intercepted=bool(ex.route),
         method=request.method.decode("latin-1"),
         model=model,
@@ -85,7 +96,7 @@ def interception(ex: Exchange, *, ended_at: float, status: str, error: Optional[
         prompt=prompt,
         tool_calls=usage.tool_calls if usage else (),
         stop_reason=usage.stop_reason if usage else None,
-        error=scrub(error, ex)[:MAX_ERROR_CHARS] if error else None,
+        error=scrub(error, ex, secrets)[:MAX_ERROR_CHARS] if error else None,
         # Only a stream can be cut before its terminal event; a blocking answer
         # the parser could not read (an HTML error page) is what it is.
         status="incomplete" if (status == "ok" and ex.streamed and usage is not None and not usage.complete)
