@@ -51,6 +51,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from bridgeproxy.errors import ConfigError, IdentityUnavailable, PermissionDenied
+from bridgeproxy.flights import Flights
 from bridgeproxy.interfaces import IConfigurable, IIdentityBackend
 from bridgeproxy.metrics import Metrics
 from bridgeproxy.proxy import upstream
@@ -402,7 +403,8 @@ class CoderBackend:
         self._http = HTTPClient(agent, cookiejar=_NoCookies())
         self._metrics = metrics if metrics is not None else Metrics()
         self.caches = caches if caches is not None else Caches()
-        self._pending: dict[Union[bytes, str], list[Deferred]] = {}
+        #: The questions to the deployment in flight, by token digest (bytes) or user id (str): never equal.
+        self._flights = Flights()
         #: Until when the deployment is not asked, after a failure.
         self._down_until = -math.inf
         self._failing = False  # pragma: no mutate - None is as false
@@ -425,8 +427,8 @@ class CoderBackend:
         for cache, ttl in ((caches.positive, s.cache_seconds), (caches.negative, s.negative_cache_seconds)):
             entry = cache.get(key)
             if entry is not None and now - entry[0] < ttl:
-                return self._settle(Deferred(), entry[1])
-        return self._once(key, lambda: self._check(token, key))
+                return maybeDeferred(self._verdict, entry[1])
+        return self._flights.ask(key, lambda: self._check(token, key)).addCallback(self._verdict)
 
     def _check(self, token: str, key: bytes) -> Deferred:
         """Ask the deployment about C{token}; fires with an L{Answer}, never fails."""
@@ -503,7 +505,7 @@ class CoderBackend:
                 return succeed(entry[1])
         if self.settings.service_token is None or self._clock.seconds() < self._down_until:
             return succeed(self._known(user_id))
-        return self._once(user_id, lambda: self._lookup(user_id))
+        return self._flights.ask(user_id, lambda: self._lookup(user_id)).addCallback(self._verdict)
 
     def _lookup(self, user_id: str) -> Deferred:
         assert self.settings.service_token is not None
@@ -547,28 +549,6 @@ class CoderBackend:
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    def _once(self, key: Union[bytes, str], start: Callable[[], Deferred]) -> Deferred:
-        """
-        C{start()}'s answer, asked once however many callers want it before
-        it comes (a client opening many streams with one token).
-
-        @param key: a token's digest (bytes) or a user's id (str): never equal.
-        """
-        mine: Deferred = Deferred()
-        waiting = self._pending.get(key)
-        if waiting is not None:
-            waiting.append(mine)
-            return mine
-        # Registered before asking: an answer that comes at once finds it.
-        self._pending[key] = [mine]
-        maybeDeferred(start).addBoth(self._hand_out, key)
-        return mine
-
-    def _hand_out(self, answer: Any, key: Union[bytes, str]) -> None:
-        for d in self._pending.pop(key):
-            if not d.called:  # else cancelled by its caller
-                self._settle(d, answer)  # (a Failure, a bug below, goes on as one)
-
     def _get(self, path: str, token: str) -> Deferred:
         """C{GET} C{path} with C{token}; fires with C{(status, body)} or fails within the timeout."""
         # pragma: no mutate start - header names are case-insensitive; a token is visible ASCII
@@ -589,19 +569,17 @@ class CoderBackend:
             return result
         return d.addBoth(done)
 
-    def _settle(self, d: Deferred, answer: Optional[Answer]) -> Deferred:
-        """Fire C{d} the way an L{IIdentityBackend} answers C{answer}."""
+    def _verdict(self, answer: Optional[Answer]) -> Optional[Identity]:
+        """What an L{IIdentityBackend} answers for C{answer}: an identity, L{None}, or an exception raised."""
         if answer is None or answer is _Verdict.UNKNOWN:
-            d.callback(None)
-        elif answer is _Verdict.INACTIVE:
-            d.errback(PermissionDenied("This user is not active in the Coder deployment.", reason="user_inactive"))
-        elif answer is _Verdict.UNAVAILABLE:
-            d.errback(IdentityUnavailable(
+            return None
+        if answer is _Verdict.INACTIVE:
+            raise PermissionDenied("This user is not active in the Coder deployment.", reason="user_inactive")
+        if answer is _Verdict.UNAVAILABLE:
+            raise IdentityUnavailable(
                 "The Coder deployment that checks API keys cannot be reached; try again shortly.",
-                headers={"Retry-After": str(max(1, math.ceil(self.settings.retry_seconds)))}))
-        else:
-            d.callback(answer)
-        return d
+                headers={"Retry-After": str(max(1, math.ceil(self.settings.retry_seconds)))})
+        return answer
 
 
 # -- the plugin ----------------------------------------------------------------------------------

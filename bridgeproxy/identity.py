@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from bridgeproxy.errors import NotConfigured
+from bridgeproxy.flights import Flights
 from bridgeproxy.interfaces import IConfigurable, IIdentityBackend
 from bridgeproxy.store import AsyncStore, hash_token
 from bridgeproxy.types import Identity
@@ -43,7 +44,7 @@ class KeystoreBackend:
         self._ttl = cache_seconds
         self._tokens: dict[str, tuple[float, Optional[Identity]]] = {}
         self._users: dict[str, tuple[float, Optional[Identity]]] = {}
-        self._pending: dict[str, list[Deferred]] = {}
+        self._flights = Flights()
         #: Answers served from an expired cache entry while the store was down.
         self.metrics_stale = 0
 
@@ -65,21 +66,15 @@ class KeystoreBackend:
         hit, value = self._cached(self._tokens, key)
         if hit:
             return succeed(value)
-        mine: Deferred = Deferred()
-        waiting = self._pending.get(key)
-        if waiting is not None:
-            # One store round trip however many requests with this token
-            # arrive before it answers (a client opening many streams).
-            waiting.append(mine)
-            return mine
-        # Registered before the store is asked: a store that answers at once
-        # hands its answer out before run() returns.
-        self._pending[key] = [mine]
+        # One store round trip however many requests with this token arrive
+        # before it answers (a client opening many streams).
+        return self._flights.ask(key, lambda: self._ask_store(token, key))
+
+    def _ask_store(self, token: str, key: str) -> Deferred:
         d = self._store.run(lambda db: db.identify(token))
         d.addCallbacks(lambda identity: self._remember(self._tokens, key, identity),
                        self._stale, errbackArgs=(self._tokens, key))
-        d.addBoth(self._answer, key)
-        return mine
+        return d
 
     def _stale(self, failure: Failure, cache: dict, key: str) -> Optional[Identity]:
         """
@@ -93,13 +88,6 @@ class KeystoreBackend:
         self.log.warn("Key store unavailable: {error}", error=failure.getErrorMessage().splitlines()[0][:200]
                       if failure.getErrorMessage() else failure.type.__name__)
         raise NotConfigured("The key store is unavailable; try again shortly.")
-
-    def _answer(self, result: Any, key: str) -> None:
-        for d in self._pending.pop(key, ()):
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(result)
 
     def lookup_user(self, user_id: str) -> "Deferred[Optional[Identity]]":
         hit, value = self._cached(self._users, user_id)
