@@ -44,7 +44,7 @@ def unsafe_path(path: bytes) -> Optional[str]:
             return "the path contains an empty segment ('//')"
         if segment.replace(b"%2e", b".") in (b".", b".."):
             return "the path contains a '.' or '..' segment"
-    if any(c < 0x20 or c == 0x7F for c in path):
+    if len(path.translate(None, _CONTROL_BYTES)) != len(path):
         return "the path contains a control character"
     if path.translate(None, _PATH_BYTES):
         # '#' ends the URL and ';' starts parameters for the HTTP client that
@@ -54,6 +54,9 @@ def unsafe_path(path: bytes) -> Optional[str]:
         return "the path contains a malformed percent-escape"
     return None
 
+
+#: The control characters: C0 and DEL.
+_CONTROL_BYTES = bytes(range(0x20)) + b"\x7f"
 
 #: What a path may hold: RFC 3986's path characters, less ';' (parameters).
 _PATH_BYTES = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
