@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence
 
 from twisted.internet import endpoints
 from twisted.internet.defer import CancelledError, maybeDeferred, succeed
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -68,7 +69,8 @@ _KINDS = {400: "invalid_request", 403: "permission", 404: "not_found", 405: "inv
           407: "authentication", 408: "timeout", 431: "invalid_request", 501: "invalid_request",
           502: "api_error", 503: "overloaded", 504: "timeout"}
 _ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
-_CANCELLED = (CancelledError,)
+#: How a step the proxy gave up on fails (a connection attempt fails with the second).
+_CANCELLED = (CancelledError, ConnectingCancelledError)
 
 
 def _phrase(status: int) -> bytes:
