@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import socket
+import time
 import ssl as stdlib_ssl
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -17,8 +18,11 @@ from types import SimpleNamespace
 from twisted.internet import defer, reactor, ssl
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 
 from bridgeproxy.aiproxy import AIProxy, CertificateAuthority, create_ca
 from tests import fakes, memory
@@ -229,8 +233,106 @@ def memory_proxy(tmp_path, aiproxy: Optional[dict] = None, identities: Any = Non
     return MemoryProxy(proxy=AIProxy(app, ca, clock, resolver), reactor=clock, gateway=gateway, resolver=resolver)
 
 
+class _Inside(Protocol):
+    """The client's side inside its TLS: what it reads, and how it ended."""
+
+    def __init__(self):
+        self.received = b""
+        self.ended: Any = None
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def connectionLost(self, reason=None):
+        self.ended = reason
+
+
+class TLSClient:
+    """
+    A client's TLS inside a tunnel the proxy decrypts, in memory: what it
+    writes is fed to the proxy's connection, what the proxy writes back is
+    fed to it (L{pump}), and the bridge's upstream is flushed meanwhile.
+
+    @param trust: the PEM of the CA the client trusts (the proxy's by default).
+    @param alpn: the protocols the client offers (ALPN), if any.
+    """
+
+    def __init__(self, proxied: "MemoryProxy", protocol: Any, transport: StringTransport, host: str,
+                 trust: Optional[bytes] = None, alpn: Optional[list] = None):
+        self.proxied = proxied
+        self.protocol = protocol
+        self.transport = transport
+        #: What the proxy wrote before TLS began (its answer to the CONNECT).
+        self.head = transport.value()
+        self._read = len(self.head)
+        options = ssl.optionsForClientTLS(
+            host, trustRoot=ssl.Certificate.loadPEM(trust if trust is not None else proxied.proxy.ca.pem),
+            acceptableProtocols=alpn)
+        self.inside = _Inside()
+        #: The connection has ended.
+        self.lost = False
+        self.tls = TLSMemoryBIOProtocol(TLSMemoryBIOFactory(options, True, Factory()), self.inside)
+        self.wire = StringTransport()
+        self.tls.makeConnection(self.wire)
+        self.pump()
+
+    def pump(self) -> None:
+        """
+        Move bytes both ways (and let the upstream answer) until nothing
+        moves; then a side that closed its connection ends it for both, as a
+        socket would once its bytes are written.
+        """
+        for _ in range(100):
+            moved = False
+            out = self.wire.value()
+            if out:
+                self.wire.clear()
+                self.protocol.dataReceived(out)
+                moved = True
+            back = self.transport.value()[self._read:]
+            if back:
+                self._read += len(back)
+                self.tls.dataReceived(back)
+                moved = True
+            self.proxied.gateway.pump(1)
+            if not moved:
+                break
+        if (self.transport.disconnecting or self.wire.disconnecting) and not self.lost:
+            self.lost = True
+            self.protocol.connectionLost(Failure(ConnectionDone()))
+            self.tls.connectionLost(Failure(ConnectionDone()))
+
+    def send(self, raw: bytes) -> None:
+        """Write C{raw} inside the TLS, and pump."""
+        self.tls.write(raw)
+        self.pump()
+
+    def answers(self) -> list:
+        """The HTTP answers read inside the TLS so far."""
+        found, rest = [], self.inside.received
+        while rest:
+            answer = memory.parse_answer(rest)
+            length = int(answer.headers["content-length"][0])
+            found.append(answer)
+            rest = rest[len(rest) - len(answer.body) + length:]
+            answer.body = answer.body[:length]
+        return found
+
+
+def memory_tls_client(proxied: "MemoryProxy", host: str, key: Optional[str] = memory.TOKEN,
+                      trust: Optional[bytes] = None, alpn: Optional[list] = None) -> TLSClient:
+    """
+    A C{CONNECT host:443} with C{key}, then the client's TLS for C{host}
+    inside it (handshake done).  The proxy's clock is first brought to the
+    wall clock's time: the client checks the leaf's dates against it.
+    """
+    proxied.reactor.advance(max(0.0, time.time() - proxied.reactor.seconds()))
+    protocol, transport = proxied.connect_request(f"{host}:443", key=key)
+    return TLSClient(proxied, protocol, transport, host, trust, alpn)
+
+
 OPENAI_HOST = "api.openai.com"
 ANTHROPIC_HOST = "api.anthropic.com"
-__all__ = ["ANTHROPIC_HOST", "HalfClosingTransport", "MemoryProxy", "OPENAI_HOST", "ProxyRunning", "TableResolver",
-           "basic", "connect_tunnel", "echo_tls_server", "memory_proxy", "raw_exchange", "start_proxy", "tls_client",
-           "tls_listener"]
+__all__ = ["ANTHROPIC_HOST", "HalfClosingTransport", "MemoryProxy", "OPENAI_HOST", "ProxyRunning", "TLSClient",
+           "TableResolver", "basic", "connect_tunnel", "echo_tls_server", "memory_proxy", "memory_tls_client",
+           "raw_exchange", "start_proxy", "tls_client", "tls_listener"]
