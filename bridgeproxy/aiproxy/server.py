@@ -168,7 +168,6 @@ class ProxyConnection(Protocol):
         end = self._buffer.find(b"\r\n\r\n")
         if end < 0 or end > MAX_HEAD:
             if len(self._buffer) > MAX_HEAD:
-                self._reading_head = False
                 self._refuse(431, f"The request head is larger than {MAX_HEAD} bytes.")
             return
         head, self._buffer = self._buffer[:end], self._buffer[end + 4:]
@@ -459,7 +458,6 @@ class ProxyConnection(Protocol):
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.cancel()
-        self._reading_head = False
         self._refuse(status, message)
 
     def _cancel_timer(self) -> None:
