@@ -24,7 +24,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
-from bridgeproxy.aiproxy import AIProxy, CertificateAuthority, create_ca
+from bridgeproxy.aiproxy import AIProxy, CertificateAuthority, create_ca, make_aiproxy
 from tests import fakes, memory
 from tests.certs import make_ca
 
@@ -35,9 +35,12 @@ class TableResolver:
     def __init__(self, table: Optional[dict[str, list[str]]] = None):
         self.table = table or {}
         self.asked: list[str] = []
+        #: The port of each lookup.
+        self.ports: list[int] = []
 
     def resolve(self, host: str, port: int):
         self.asked.append(host)
+        self.ports.append(port)
         return defer.succeed(list(self.table.get(host, [])))
 
 
@@ -218,19 +221,22 @@ class MemoryProxy:
 
 
 def memory_proxy(tmp_path, aiproxy: Optional[dict] = None, identities: Any = None,
-                 resolver: Optional[TableResolver] = None) -> MemoryProxy:
-    """An AI proxy in memory beside L{memory.gateway}'s bridge, with C{[aiproxy]} settings C{aiproxy}."""
+                 resolver: Optional[TableResolver] = None, extra: Optional[dict] = None) -> MemoryProxy:
+    """
+    An AI proxy in memory beside L{memory.gateway}'s bridge, with
+    C{[aiproxy]} settings C{aiproxy} (and the rest of the configuration
+    C{extra}), made as C{twistd} makes it (L{make_aiproxy}).
+    """
     ca_cert, ca_key = create_ca(str(tmp_path / "ca"))
     settings = {"listen": "tcp:0", "ca_cert": ca_cert, "ca_key": ca_key, **(aiproxy or {})}
     identities = identities if identities is not None else memory.Identities()
-    gateway = memory.gateway({"aiproxy": settings}, identities)
+    gateway = memory.gateway({**(extra or {}), "aiproxy": settings}, identities)
     bridge = gateway.bridge
     app = SimpleNamespace(bridge=bridge, site=gateway.site, config=bridge.config, identity=identities,
                           metrics=bridge.metrics)
     clock = MemoryReactorClock()
-    ca = CertificateAuthority.load(ca_cert, ca_key, clock, bridge.metrics)
     resolver = resolver if resolver is not None else TableResolver()
-    return MemoryProxy(proxy=AIProxy(app, ca, clock, resolver), reactor=clock, gateway=gateway, resolver=resolver)
+    return MemoryProxy(proxy=make_aiproxy(app, clock, resolver), reactor=clock, gateway=gateway, resolver=resolver)
 
 
 class _Inside(Protocol):
@@ -249,22 +255,19 @@ class _Inside(Protocol):
 
 class TLSClient:
     """
-    A client's TLS inside a tunnel the proxy decrypts, in memory: what it
-    writes is fed to the proxy's connection, what the proxy writes back is
-    fed to it (L{pump}), and the bridge's upstream is flushed meanwhile.
+    A client's TLS inside a tunnel the proxy decrypts, in memory: a
+    C{CONNECT host:443} with C{key}, then what the client's TLS writes is
+    fed to the proxy's connection, what the proxy writes back is fed to it
+    (L{pump}), and the bridge's upstream is flushed meanwhile.
 
     @param trust: the PEM of the CA the client trusts (the proxy's by default).
     @param alpn: the protocols the client offers (ALPN), if any.
+    @param together: send the TLS hello with the CONNECT, without waiting for its answer.
     """
 
-    def __init__(self, proxied: "MemoryProxy", protocol: Any, transport: StringTransport, host: str,
-                 trust: Optional[bytes] = None, alpn: Optional[list] = None):
+    def __init__(self, proxied: "MemoryProxy", host: str, key: Optional[str] = memory.TOKEN,
+                 trust: Optional[bytes] = None, alpn: Optional[list] = None, together: bool = False):
         self.proxied = proxied
-        self.protocol = protocol
-        self.transport = transport
-        #: What the proxy wrote before TLS began (its answer to the CONNECT).
-        self.head = transport.value()
-        self._read = len(self.head)
         options = ssl.optionsForClientTLS(
             host, trustRoot=ssl.Certificate.loadPEM(trust if trust is not None else proxied.proxy.ca.pem),
             acceptableProtocols=alpn)
@@ -274,6 +277,14 @@ class TLSClient:
         self.tls = TLSMemoryBIOProtocol(TLSMemoryBIOFactory(options, True, Factory()), self.inside)
         self.wire = StringTransport()
         self.tls.makeConnection(self.wire)
+        hello = b""
+        if together:
+            hello = self.wire.value()
+            self.wire.clear()
+        self.protocol, self.transport = proxied.connect_request(f"{host}:443", key=key, extra=hello)
+        #: What the proxy wrote before TLS began (its answer to the CONNECT).
+        self.head = self.transport.value()[:len(b"HTTP/1.1 200 Connection established\r\n\r\n")]
+        self._read = len(self.head)
         self.pump()
 
     def pump(self) -> None:
@@ -319,16 +330,14 @@ class TLSClient:
         return found
 
 
-def memory_tls_client(proxied: "MemoryProxy", host: str, key: Optional[str] = memory.TOKEN,
-                      trust: Optional[bytes] = None, alpn: Optional[list] = None) -> TLSClient:
+def memory_tls_client(proxied: "MemoryProxy", host: str, **options: Any) -> TLSClient:
     """
-    A C{CONNECT host:443} with C{key}, then the client's TLS for C{host}
-    inside it (handshake done).  The proxy's clock is first brought to the
-    wall clock's time: the client checks the leaf's dates against it.
+    A L{TLSClient} for C{host} (its handshake done), with its C{options}.
+    The proxy's clock is first brought to the wall clock's time: the client
+    checks the leaf's dates against it.
     """
     proxied.reactor.advance(max(0.0, time.time() - proxied.reactor.seconds()))
-    protocol, transport = proxied.connect_request(f"{host}:443", key=key)
-    return TLSClient(proxied, protocol, transport, host, trust, alpn)
+    return TLSClient(proxied, host, **options)
 
 
 OPENAI_HOST = "api.openai.com"

@@ -191,3 +191,21 @@ def test_a_client_leaving_mid_request_lets_the_upstream_request_go(tmp_path):
     assert proxied.gateway.upstream.lost == proxied.gateway.upstream.requests
     [record] = proxied.gateway.records
     assert record.initiator_username == "alice" and record.status != "ok"
+
+
+def test_a_tls_hello_sent_with_the_connect_is_not_lost(tmp_path):
+    """A client that does not wait for the 200 before its TLS hello: the handshake still completes."""
+    proxied = memory_proxy(tmp_path)
+    client = memory_tls_client(proxied, OPENAI_HOST, together=True)
+    assert client.head == ESTABLISHED
+    client.send(chat_request())
+    assert [a.status for a in client.answers()] == [200]
+    assert proxied.sample("bridgeproxy_aiproxy_leaf_certificates_total") == 1
+
+
+def test_the_bridges_body_limit_applies_inside_a_tunnel(tmp_path):
+    proxied = memory_proxy(tmp_path, extra={"max_body_bytes": 1024})
+    client = memory_tls_client(proxied, OPENAI_HOST)
+    client.send(chat_request(body={**CHAT, "messages": [{"role": "user", "content": "x" * 2000}]}))
+    assert [a.status for a in client.answers()] == [413]
+    assert proxied.gateway.upstream.seen == []

@@ -6,17 +6,21 @@ its client leaves, that times out or that an identity backend breaks.
 """
 
 import json
+import socket
+from dataclasses import replace
 
 import pytest
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 
 from bridgeproxy.aiproxy import server
 from bridgeproxy.errors import BridgeError, NotConfigured, openai_error
 from tests import memory
-from tests.aiproxies import ANTHROPIC_HOST, OPENAI_HOST, TableResolver, basic, memory_proxy
+from bridgeproxy.types import Identity
+from tests.aiproxies import ANTHROPIC_HOST, OPENAI_HOST, HalfClosingTransport, TableResolver, basic, memory_proxy
 from tests.memory import parse_answer
 
 PUBLIC = "93.184.216.34"
@@ -272,3 +276,217 @@ def test_bytes_sent_early_and_by_the_target_first_reach_the_other_side_once(tmp_
 def test_a_decrypted_tunnel_offers_http11_to_a_tls_listeners_clients():
     """The proxy's factory offers HTTP/1.1 (ALPN) for clients of a TLS listener."""
     assert server.AIProxy.acceptableProtocols(None) == [b"http/1.1"]
+
+
+def test_a_connect_without_a_key_gets_exactly_this_407(tmp_path):
+    proxied = memory_proxy(tmp_path)
+    _, transport = proxied.send(b"CONNECT example.test:443 HTTP/1.1\r\n\r\n")
+    assert transport.value() == openai_answer(
+        407, b"Proxy Authentication Required", "authentication",
+        "Proxy authentication required: send your bridge key as the password of Proxy-Authorization: Basic "
+        "(or as a Bearer token).", extra=b'Proxy-Authenticate: Basic realm="bridgeproxy"\r\n')
+
+
+def test_a_head_that_does_not_arrive_gets_exactly_this_408(tmp_path):
+    proxied = memory_proxy(tmp_path)
+    _, transport = proxied.send(b"CONNECT example.test:443 HTTP/1.1\r\n")
+    proxied.reactor.advance(server.HEAD_TIMEOUT)
+    assert transport.value() == openai_answer(408, b"Request Timeout", "timeout",
+                                              "The request head did not arrive in time.")
+
+
+@pytest.mark.parametrize("identity,message", [
+    (None, "Invalid, expired or revoked bridge key in Proxy-Authorization."),
+    (Identity(memory.USER_ID, "alice", disabled=True), "This user is disabled."),
+])
+def test_a_refused_key_gets_exactly_this_answer(tmp_path, identity, message):
+    proxied = memory_proxy(tmp_path, identities=memory.Identities({memory.TOKEN: identity}))
+    _, transport = connect(proxied)
+    if identity is None:
+        assert transport.value() == openai_answer(
+            407, b"Proxy Authentication Required", "authentication", message,
+            extra=b'Proxy-Authenticate: Basic realm="bridgeproxy"\r\n')
+    else:
+        assert transport.value() == openai_answer(403, b"Forbidden", "permission", message)
+
+
+def test_the_allowed_ports_are_listed_in_the_refusal(tmp_path):
+    proxied = memory_proxy(tmp_path, aiproxy={"allowed_ports": [443, 8443]})
+    _, transport = connect(proxied, "example.test:22")
+    assert parse_answer(transport.value()).json()["error"]["message"] == (
+        "Port 22 is not allowed (allowed: 443, 8443).")
+
+
+def opened_lines(captured_log):
+    return [formatEvent(e) for e in captured_log.events if e.get("log_format", "").endswith(": {kind}")]
+
+
+def test_an_opened_tunnel_is_logged_with_its_target_user_and_kind(tmp_path, captured_log):
+    """One line per tunnel: where to, whose key (its user id when it has no name), decrypted or not."""
+    proxied = memory_proxy(tmp_path, identities=memory.Identities({memory.TOKEN: Identity(memory.USER_ID, None)}),
+                           resolver=TableResolver({"example.test": [PUBLIC]}))
+    connect(proxied, f"{OPENAI_HOST}:443")
+    connect(proxied, "example.test:443")
+    proxied.accept_outbound()
+    assert opened_lines(captured_log) == [f"aiproxy CONNECT api.openai.com:443 user={memory.USER_ID}: mitm",
+                                          f"aiproxy CONNECT example.test:443 user={memory.USER_ID}: tunnelled"]
+
+
+def test_only_connects_are_counted_and_a_refused_connection_leaves_no_tunnel_counted(tmp_path):
+    proxied = memory_proxy(tmp_path)
+    protocol, _ = proxied.send(b"GET / HTTP/1.1\r\n\r\n")
+    protocol.connectionLost(None)
+    assert proxied.sample("bridgeproxy_aiproxy_connects_total", outcome="refused") is None
+    protocol, _ = proxied.send(b"CONNECT example.test:443 HTTP/1.1\r\n\r\n")
+    protocol.connectionLost(None)
+    assert proxied.sample("bridgeproxy_aiproxy_connects_total", outcome="407") == 1
+    assert proxied.sample("bridgeproxy_aiproxy_tunnels_open", kind="") is None
+
+
+def test_a_decision_timeout_is_counted_as_unreachable(tmp_path):
+    proxied = memory_proxy(tmp_path, resolver=TableResolver({"example.test": [PUBLIC]}))
+    connect(proxied)
+    proxied.reactor.advance(server.DECIDE_TIMEOUT)
+    assert proxied.sample("bridgeproxy_aiproxy_connects_total", outcome="unreachable") == 1
+
+
+class _Socket:
+    def __init__(self, error=None):
+        self.options, self.error = [], error
+
+    def setsockopt(self, level, name, value):
+        if self.error is not None:
+            raise self.error
+        self.options.append((level, name, value))
+
+
+class _SocketTransport(HalfClosingTransport):
+    def __init__(self, handle):
+        super().__init__()
+        self.handle = handle
+
+    def getHandle(self):
+        return self.handle
+
+
+def test_a_tcp_connection_sends_without_delay(tmp_path):
+    """Small writes (a tunnel's TLS records) go out at once: TCP_NODELAY on the client's socket."""
+    proxied = memory_proxy(tmp_path)
+    handle = _Socket()
+    proxied.proxy.buildProtocol(None).makeConnection(_SocketTransport(handle))
+    assert handle.options == [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+    protocol = proxied.proxy.buildProtocol(None)
+    transport = _SocketTransport(_Socket(OSError("not a TCP socket")))
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"GET /ca.pem HTTP/1.1\r\n\r\n")
+    assert parse_answer(transport.value()).status == 200
+
+
+def test_a_head_of_the_largest_size_is_read(tmp_path):
+    """A head of exactly 16 KiB (its end arriving later) is served; one byte more is 431."""
+    proxied = memory_proxy(tmp_path)
+    start = b"GET /ca.pem HTTP/1.1\r\nX-Filler: "
+    head = start + b"a" * (server.MAX_HEAD - len(start))
+    protocol, transport = proxied.send(head)
+    assert transport.value() == b""
+    protocol.dataReceived(b"\r\n\r\n")
+    assert parse_answer(transport.value()).status == 200
+    _, transport = proxied.send(head + b"a\r\n\r\n")
+    assert parse_answer(transport.value()).status == 431
+
+
+def test_an_empty_head_is_a_malformed_request(tmp_path):
+    proxied = memory_proxy(tmp_path)
+    _, transport = proxied.send(b"\r\n\r\nGET /ca.pem HTTP/1.1\r\n\r\n")
+    assert parse_answer(transport.value()).status == 400
+
+
+class _Held:
+    """A resolver whose lookups wait until the test answers them."""
+
+    def __init__(self):
+        self.pending = []
+
+    def resolve(self, host, port):
+        self.pending.append(Deferred())
+        return self.pending[-1]
+
+
+def test_early_bytes_up_to_a_heads_size_are_kept_for_the_tunnel(tmp_path):
+    """
+    Bytes sent after the CONNECT (blank lines in them too) are kept while
+    the name is resolved, up to 16 KiB, and reach the target; more cut the
+    connection, and what comes after is not kept.
+    """
+    resolver = _Held()
+    proxied = memory_proxy(tmp_path, resolver=resolver)
+    early = b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"
+    early += b"a" * (server.MAX_HEAD - len(early))
+    protocol, transport = connect(proxied)
+    protocol.dataReceived(early)
+    assert not transport.disconnected
+    resolver.pending[0].callback([PUBLIC])
+    target, target_transport = proxied.accept_outbound()
+    assert target_transport.value() == early
+
+    protocol, transport = connect(proxied)
+    protocol.dataReceived(early + b"a")
+    assert transport.disconnected
+    for _ in range(10):
+        protocol.dataReceived(b"a" * 65536)
+    assert len(protocol._buffer) <= server.MAX_HEAD + 1
+
+
+def test_a_tunnel_takes_half_closes_only_once_it_is_open(tmp_path):
+    """Before the tunnel opens, the client's end of sending ends its connection; after, it is passed on."""
+    proxied = memory_proxy(tmp_path, resolver=TableResolver({"example.test": [PUBLIC]}))
+    protocol, _ = connect(proxied)
+    assert not IHalfCloseableProtocol.providedBy(protocol)
+    proxied.accept_outbound()
+    assert IHalfCloseableProtocol.providedBy(protocol)
+
+
+def test_a_client_that_goes_closes_the_targets_connection(tmp_path):
+    proxied = memory_proxy(tmp_path, resolver=TableResolver({"example.test": [PUBLIC]}))
+    protocol, transport = connect(proxied)
+    target, target_transport = proxied.accept_outbound()
+    protocol.connectionLost(None)
+    assert target_transport.disconnecting and not transport.disconnecting
+
+
+def test_a_name_is_resolved_for_the_connects_port(tmp_path):
+    proxied = memory_proxy(tmp_path, aiproxy={"allowed_ports": [8443]},
+                           resolver=TableResolver({"example.test": [PUBLIC]}))
+    connect(proxied, "example.test:8443")
+    assert proxied.resolver.ports == [8443]
+
+
+def test_a_resolver_answering_nonsense_cuts_the_connection(tmp_path, captured_log):
+    proxied = memory_proxy(tmp_path, resolver=TableResolver({"example.test": ["not an address"]}))
+    _, transport = connect(proxied)
+    assert transport.value() == b"" and transport.disconnected
+    assert "aiproxy: unexpected error serving CONNECT example.test:443" in captured_log.text()
+
+
+def test_without_a_resolver_the_reactors_own_is_used(tmp_path):
+    """make_aiproxy without a resolver: names go to the reactor's (which says 127.0.0.1 here: refused)."""
+    proxied = memory_proxy(tmp_path)
+    proxy = server.make_aiproxy(proxied.proxy.app, proxied.reactor)
+    protocol = proxy.buildProtocol(None)
+    transport = HalfClosingTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(f"CONNECT example.test:443 HTTP/1.1\r\nProxy-Authorization: {basic(memory.TOKEN)}"
+                          f"\r\n\r\n".encode())
+    assert parse_answer(transport.value()).status == 403
+    assert proxied.resolver.asked == []
+
+
+def test_the_guard_follows_the_allowed_ranges_in_force(tmp_path):
+    """The guard is made once per set of allowed ranges, and again when a reload changes them."""
+    proxied = memory_proxy(tmp_path, aiproxy={"allowed_private_cidrs": ["10.1.0.0/16"]})
+    proxy = proxied.proxy
+    first = proxy.guard()
+    assert proxy.guard() is first and first.allows("10.1.0.1")
+    app = proxy.app
+    app.config = replace(app.config, aiproxy=replace(app.config.aiproxy, allowed_private_cidrs=("10.2.0.0/16",)))
+    assert proxy.guard().allows("10.2.0.1") and not proxy.guard().allows("10.1.0.1")

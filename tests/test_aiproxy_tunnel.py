@@ -24,6 +24,8 @@ def via_proxy(tmp_path):
     proxied = memory_proxy(tmp_path, aiproxy={"upstream_proxy": "http://proxy.corp.test:3128"},
                            resolver=TableResolver({"example.test": [PUBLIC]}))
     client, client_transport = proxied.send(CONNECT)
+    assert [c[1:4:2] for c in proxied.reactor.tcpClients] == [
+        (3128, proxied.gateway.bridge.config.upstream.connect_timeout)]
     target, target_transport = proxied.accept_outbound()
     assert target_transport.value().startswith(f"CONNECT {PUBLIC}:443 HTTP/1.1\r\n".encode())
     return proxied, (client, client_transport), (target, target_transport)
