@@ -162,8 +162,9 @@ def test_a_key_check_that_fails_unexpectedly_is_503_and_logged(tmp_path, capture
     _, transport = connect(proxied)
     assert transport.value() == openai_answer(503, b"Service Unavailable", "overloaded",
                                               "The bridge key could not be checked; try again shortly.")
-    assert "aiproxy: checking a bridge key failed" in captured_log.text()
-    assert "the backend fell over" in captured_log.text()
+    [event] = [e for e in captured_log.events if e.get("log_failure") is not None]
+    assert formatEvent(event) == "aiproxy: checking a bridge key failed"
+    assert str(event["log_failure"].value) == "the backend fell over"
 
 
 def test_an_error_while_serving_a_connect_cuts_the_connection_and_is_logged(tmp_path, captured_log):
@@ -490,3 +491,40 @@ def test_the_guard_follows_the_allowed_ranges_in_force(tmp_path):
     app = proxy.app
     app.config = replace(app.config, aiproxy=replace(app.config.aiproxy, allowed_private_cidrs=("10.2.0.0/16",)))
     assert proxy.guard().allows("10.2.0.1") and not proxy.guard().allows("10.1.0.1")
+
+
+class _FailingResolver:
+    def resolve(self, host, port):
+        return fail(DNSLookupError(host))
+
+
+class _DownIdentities:
+    def identify(self, token):
+        return fail(RuntimeError("down"))
+
+
+@pytest.mark.parametrize("setup,target", [
+    (lambda tmp_path: memory_proxy(tmp_path, identities=_DownIdentities()), "example.test:443"),  # 503
+    (lambda tmp_path: memory_proxy(tmp_path, resolver=_FailingResolver()), "example.test:443"),  # 502
+    (lambda tmp_path: memory_proxy(tmp_path, resolver=TableResolver({"example.test": []})), "example.test:443"),
+    (lambda tmp_path: memory_proxy(tmp_path, resolver=TableResolver({"example.test": ["10.0.0.1"]})),
+     "example.test:443"),  # 403
+    (lambda tmp_path: memory_proxy(tmp_path), "api.openai.com:22"),  # 403, the port
+])
+def test_a_refused_client_that_closes_is_let_go_cleanly(tmp_path, setup, target):
+    """Whatever the refusal, the client's close ends everything: no error, no timer left."""
+    proxied = setup(tmp_path)
+    protocol, transport = connect(proxied, target)
+    assert parse_answer(transport.value()).status in (403, 502, 503)
+    protocol.connectionLost(None)
+    assert proxied.reactor.getDelayedCalls() == []
+
+
+def test_an_unreachable_targets_client_that_closes_is_let_go_cleanly(tmp_path):
+    proxied = memory_proxy(tmp_path, resolver=TableResolver({"example.test": [PUBLIC]}))
+    protocol, transport = connect(proxied)
+    proxied.reactor.tcpClients[-1][2].clientConnectionFailed(proxied.reactor.connectors[-1],
+                                                             Failure(ConnectionRefusedError()))
+    assert parse_answer(transport.value()).status == 502
+    protocol.connectionLost(None)
+    assert proxied.reactor.getDelayedCalls() == []

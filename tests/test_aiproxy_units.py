@@ -186,6 +186,11 @@ def test_the_resolver_asks_the_reactors_name_resolver():
     assert answer == [["127.0.0.1"]]  # MemoryReactor's resolver says 127.0.0.1 to everything
 
 
+def test_an_upstream_proxy_user_without_a_password_is_sent_with_an_empty_one():
+    assert proxy_connect_request("http://corp@proxy:3128", "1.1.1.1", 443) == (
+        b"CONNECT 1.1.1.1:443 HTTP/1.1\r\nHost: 1.1.1.1:443\r\nProxy-Authorization: Basic Y29ycDo=\r\n\r\n")  # corp:
+
+
 def test_an_upstream_proxy_gets_the_checked_address_and_its_credentials():
     """The CONNECT to an upstream proxy names the address (bracketed IPv6), with the URL's credentials decoded."""
     assert proxy_connect_request("http://proxy:3128", "2001:db8::1", 443) == (
@@ -477,6 +482,7 @@ def test_a_bad_heads_message_is_its_text():
     (b"abc", None),  # no scheme at all
     (b"example.com:80", None),
     (b"1http://example.com/", None),  # a scheme starts with a letter
+    (b"http://[::1]]:80/", "::1"),  # the address ends at its first closing bracket
 ])
 def test_absolute_targets_are_told_from_other_forms(target, host):
     assert absolute_host(target) == host
