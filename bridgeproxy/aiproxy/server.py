@@ -59,11 +59,6 @@ DECIDE_TIMEOUT = 60.0
 #: (a TLS listener waits for the client's close_notify); then it is cut.
 CLOSE_TIMEOUT = 5.0
 
-_PHRASES = {
-    400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
-    407: b"Proxy Authentication Required", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
-    501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
-}
 #: Each refusal status as a provider-neutral error kind (L{bridgeproxy.errors}).
 _KINDS = {400: "invalid_request", 403: "permission", 404: "not_found", 405: "invalid_request",
           407: "authentication", 408: "timeout", 431: "invalid_request", 501: "invalid_request",
@@ -74,14 +69,11 @@ _CANCELLED = (CancelledError, ConnectingCancelledError)
 
 
 def _phrase(status: int) -> bytes:
-    """The reason phrase of C{status}."""
-    phrase = _PHRASES.get(status)
-    if phrase is None:
-        try:
-            phrase = HTTPStatus(status).phrase.encode("ascii")
-        except ValueError:
-            phrase = b"Error"
-    return phrase
+    """The reason phrase of C{status} (Python's; C{Error} for a status it does not know)."""
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b"Error"
 
 
 def _header_bytes(value: str) -> bytes:
