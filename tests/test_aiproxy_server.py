@@ -430,6 +430,13 @@ def test_early_bytes_up_to_a_heads_size_are_kept_for_the_tunnel(tmp_path):
     target, target_transport = proxied.accept_outbound()
     assert target_transport.value() == early
 
+    # The same bytes in the CONNECT's own read: the head ends at its first blank line.
+    proxied.send(f"CONNECT example.test:443 HTTP/1.1\r\nProxy-Authorization: {basic(memory.TOKEN)}\r\n\r\n".encode()
+                 + early)
+    resolver.pending[1].callback([PUBLIC])
+    target, target_transport = proxied.accept_outbound()
+    assert target_transport.value() == early
+
     protocol, transport = connect(proxied)
     protocol.dataReceived(early + b"a")
     assert transport.disconnected

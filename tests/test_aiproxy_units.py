@@ -678,6 +678,7 @@ def test_connect_targets_at_the_edges_are_read(target, expected):
     (b"a.test:\xd9\xa4", "CONNECT needs a 'host:port' target."),  # a digit, but not an ASCII one
     (b"::1:443", "An IPv6 address in a CONNECT target goes in brackets: '[::1]:443'."),
     (b"[::g]:443", "Malformed IPv6 address in the request target."),
+    (b"[::1:443", "The request target is not a host name or an IP address."),  # an opening bracket only
     (b"h\xffst:443", "The request target is not a host name or an IP address."),
     (b"a..b:443", "The request target is not a host name or an IP address."),
 ])
