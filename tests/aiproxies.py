@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import socket
+import time
 import ssl as stdlib_ssl
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -17,10 +18,13 @@ from types import SimpleNamespace
 from twisted.internet import defer, reactor, ssl
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 
-from bridgeproxy.aiproxy import AIProxy, CertificateAuthority, create_ca
+from bridgeproxy.aiproxy import AIProxy, CertificateAuthority, create_ca, make_aiproxy
 from tests import fakes, memory
 from tests.certs import make_ca
 
@@ -31,9 +35,12 @@ class TableResolver:
     def __init__(self, table: Optional[dict[str, list[str]]] = None):
         self.table = table or {}
         self.asked: list[str] = []
+        #: The port of each lookup.
+        self.ports: list[int] = []
 
     def resolve(self, host: str, port: int):
         self.asked.append(host)
+        self.ports.append(port)
         return defer.succeed(list(self.table.get(host, [])))
 
 
@@ -214,23 +221,127 @@ class MemoryProxy:
 
 
 def memory_proxy(tmp_path, aiproxy: Optional[dict] = None, identities: Any = None,
-                 resolver: Optional[TableResolver] = None) -> MemoryProxy:
-    """An AI proxy in memory beside L{memory.gateway}'s bridge, with C{[aiproxy]} settings C{aiproxy}."""
+                 resolver: Optional[TableResolver] = None, extra: Optional[dict] = None) -> MemoryProxy:
+    """
+    An AI proxy in memory beside L{memory.gateway}'s bridge, with
+    C{[aiproxy]} settings C{aiproxy} (and the rest of the configuration
+    C{extra}), made as C{twistd} makes it (L{make_aiproxy}).
+    """
     ca_cert, ca_key = create_ca(str(tmp_path / "ca"))
     settings = {"listen": "tcp:0", "ca_cert": ca_cert, "ca_key": ca_key, **(aiproxy or {})}
     identities = identities if identities is not None else memory.Identities()
-    gateway = memory.gateway({"aiproxy": settings}, identities)
+    gateway = memory.gateway({**(extra or {}), "aiproxy": settings}, identities)
     bridge = gateway.bridge
     app = SimpleNamespace(bridge=bridge, site=gateway.site, config=bridge.config, identity=identities,
                           metrics=bridge.metrics)
     clock = MemoryReactorClock()
-    ca = CertificateAuthority.load(ca_cert, ca_key, clock, bridge.metrics)
     resolver = resolver if resolver is not None else TableResolver()
-    return MemoryProxy(proxy=AIProxy(app, ca, clock, resolver), reactor=clock, gateway=gateway, resolver=resolver)
+    return MemoryProxy(proxy=make_aiproxy(app, clock, resolver), reactor=clock, gateway=gateway, resolver=resolver)
+
+
+class _Inside(Protocol):
+    """The client's side inside its TLS: what it reads, and how it ended."""
+
+    def __init__(self):
+        self.received = b""
+        self.ended: Any = None
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def connectionLost(self, reason=None):
+        self.ended = reason
+
+
+class TLSClient:
+    """
+    A client's TLS inside a tunnel the proxy decrypts, in memory: a
+    C{CONNECT host:443} with C{key}, then what the client's TLS writes is
+    fed to the proxy's connection, what the proxy writes back is fed to it
+    (L{pump}), and the bridge's upstream is flushed meanwhile.
+
+    @param trust: the PEM of the CA the client trusts (the proxy's by default).
+    @param alpn: the protocols the client offers (ALPN), if any.
+    @param together: send the TLS hello with the CONNECT, without waiting for its answer.
+    """
+
+    def __init__(self, proxied: "MemoryProxy", host: str, key: Optional[str] = memory.TOKEN,
+                 trust: Optional[bytes] = None, alpn: Optional[list] = None, together: bool = False):
+        self.proxied = proxied
+        options = ssl.optionsForClientTLS(
+            host, trustRoot=ssl.Certificate.loadPEM(trust if trust is not None else proxied.proxy.ca.pem),
+            acceptableProtocols=alpn)
+        self.inside = _Inside()
+        #: The connection has ended.
+        self.lost = False
+        self.tls = TLSMemoryBIOProtocol(TLSMemoryBIOFactory(options, True, Factory()), self.inside)
+        self.wire = StringTransport()
+        self.tls.makeConnection(self.wire)
+        hello = b""
+        if together:
+            hello = self.wire.value()
+            self.wire.clear()
+        self.protocol, self.transport = proxied.connect_request(f"{host}:443", key=key, extra=hello)
+        #: What the proxy wrote before TLS began (its answer to the CONNECT).
+        self.head = self.transport.value()[:len(b"HTTP/1.1 200 Connection established\r\n\r\n")]
+        self._read = len(self.head)
+        self.pump()
+
+    def pump(self) -> None:
+        """
+        Move bytes both ways (and let the upstream answer) until nothing
+        moves; then a side that closed its connection ends it for both, as a
+        socket would once its bytes are written.
+        """
+        for _ in range(100):
+            moved = False
+            out = self.wire.value()
+            if out:
+                self.wire.clear()
+                self.protocol.dataReceived(out)
+                moved = True
+            back = self.transport.value()[self._read:]
+            if back:
+                self._read += len(back)
+                self.tls.dataReceived(back)
+                moved = True
+            self.proxied.gateway.pump(1)
+            if not moved:
+                break
+        if (self.transport.disconnecting or self.wire.disconnecting) and not self.lost:
+            self.lost = True
+            self.protocol.connectionLost(Failure(ConnectionDone()))
+            self.tls.connectionLost(Failure(ConnectionDone()))
+
+    def send(self, raw: bytes) -> None:
+        """Write C{raw} inside the TLS, and pump."""
+        self.tls.write(raw)
+        self.pump()
+
+    def answers(self) -> list:
+        """The HTTP answers read inside the TLS so far."""
+        found, rest = [], self.inside.received
+        while rest:
+            answer = memory.parse_answer(rest)
+            length = int(answer.headers["content-length"][0])
+            found.append(answer)
+            rest = rest[len(rest) - len(answer.body) + length:]
+            answer.body = answer.body[:length]
+        return found
+
+
+def memory_tls_client(proxied: "MemoryProxy", host: str, **options: Any) -> TLSClient:
+    """
+    A L{TLSClient} for C{host} (its handshake done), with its C{options}.
+    The proxy's clock is first brought to the wall clock's time: the client
+    checks the leaf's dates against it.
+    """
+    proxied.reactor.advance(max(0.0, time.time() - proxied.reactor.seconds()))
+    return TLSClient(proxied, host, **options)
 
 
 OPENAI_HOST = "api.openai.com"
 ANTHROPIC_HOST = "api.anthropic.com"
-__all__ = ["ANTHROPIC_HOST", "HalfClosingTransport", "MemoryProxy", "OPENAI_HOST", "ProxyRunning", "TableResolver",
-           "basic", "connect_tunnel", "echo_tls_server", "memory_proxy", "raw_exchange", "start_proxy", "tls_client",
-           "tls_listener"]
+__all__ = ["ANTHROPIC_HOST", "HalfClosingTransport", "MemoryProxy", "OPENAI_HOST", "ProxyRunning", "TLSClient",
+           "TableResolver", "basic", "connect_tunnel", "echo_tls_server", "memory_proxy", "memory_tls_client",
+           "raw_exchange", "start_proxy", "tls_client", "tls_listener"]

@@ -10,20 +10,27 @@ import gc
 import io
 import ipaddress
 import os
+import re
 import stat
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import DNSLookupError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock
+from twisted.logger import formatEvent
 
 from bridgeproxy import cli
 from bridgeproxy.aiproxy import CertificateAuthority, Guard, Resolver, create_ca
+from bridgeproxy.aiproxy import ca as ca_module
+from bridgeproxy.aiproxy.guard import Lookups
 from bridgeproxy.aiproxy.ca import LEAF_LIFETIME, LEAF_RENEW_BEFORE
 from bridgeproxy.aiproxy.head import BadHead, absolute_host, parse_authority, parse_head, proxy_token
 from bridgeproxy.aiproxy.tunnel import proxy_connect_request
@@ -177,6 +184,11 @@ def test_the_resolver_asks_the_reactors_name_resolver():
     answer = []
     Resolver(MemoryReactor()).resolve("example.test", 443).addCallback(answer.append)
     assert answer == [["127.0.0.1"]]  # MemoryReactor's resolver says 127.0.0.1 to everything
+
+
+def test_an_upstream_proxy_user_without_a_password_is_sent_with_an_empty_one():
+    assert proxy_connect_request("http://corp@proxy:3128", "1.1.1.1", 443) == (
+        b"CONNECT 1.1.1.1:443 HTTP/1.1\r\nHost: 1.1.1.1:443\r\nProxy-Authorization: Basic Y29ycDo=\r\n\r\n")  # corp:
 
 
 def test_an_upstream_proxy_gets_the_checked_address_and_its_credentials():
@@ -452,3 +464,335 @@ def test_ca_create_command_line_errors(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert cli.main(["ca", "create", "--out", str(tmp_path / "file" / "ca")], io.StringIO()) == 1
     assert "cannot write into" in capsys.readouterr().err
+
+
+# -- more of the parts, one behaviour each ------------------------------------------------------
+
+
+def test_a_bad_heads_message_is_its_text():
+    """BadHead's text is the message for the client (what a traceback or a log line would show)."""
+    with pytest.raises(BadHead) as caught:
+        parse_head(b"GARBAGE")
+    assert str(caught.value) == caught.value.message == "Malformed request line: expected 'METHOD TARGET HTTP/1.1'."
+
+
+@pytest.mark.parametrize("target,host", [
+    (b"HTTP://Example.COM/x", "example.com"),  # the scheme in any case
+    (b"http://example.com/?next=http://other.test/", "example.com"),  # the first :// is the scheme's
+    (b"abc", None),  # no scheme at all
+    (b"example.com:80", None),
+    (b"1http://example.com/", None),  # a scheme starts with a letter
+    (b"http://[::1]]:80/", "::1"),  # the address ends at its first closing bracket
+])
+def test_absolute_targets_are_told_from_other_forms(target, host):
+    assert absolute_host(target) == host
+
+
+@pytest.mark.parametrize("target,message", [
+    (b"http:///nohost", "The request target has no host."),
+    (b"http://user@/x", "The request target has no host."),
+    (b"http://ex\xffample.com/", "The request target is not a host name or an IP address."),
+    (b"http://[::g]/", "Malformed IPv6 address in the request target."),
+])
+def test_absolute_targets_whose_host_cannot_be_read_are_refused(target, message):
+    with pytest.raises(BadHead) as caught:
+        absolute_host(target)
+    assert caught.value.message == message and caught.value.status == 400
+
+
+@pytest.mark.parametrize("address,allowed", [
+    ("2001:0:4136:e378:8000:63bf:f5ff:fffe", False),  # Teredo, its client 10.0.0.1
+    ("2001:0:4136:e378:8000:63bf:a247:27dd", True),  # Teredo, its client 93.184.216.34
+])
+def test_a_teredo_address_is_as_reachable_as_its_client(address, allowed):
+    assert Guard().allows(address) is allowed
+    assert Guard(["10.0.0.0/8"]).allows(address)
+
+
+class _RecordingNames:
+    """A reactor's name resolver that answers each name with fixed addresses (a repeat included)."""
+
+    def __init__(self):
+        self.asked = []
+
+    def resolveHostName(self, receiver, host, port):
+        self.asked.append((host, port))
+        receiver.resolutionBegan(None)
+        for address in ("93.184.216.34", "2606:2800:220:1::1", "93.184.216.34"):
+            receiver.addressResolved(SimpleNamespace(host=address))
+        receiver.resolutionComplete()
+
+
+def test_the_resolver_asks_for_the_name_and_port_and_lists_each_address_once():
+    names = _RecordingNames()
+    answer = []
+    Resolver(SimpleNamespace(nameResolver=names)).resolve("example.test", 8443).addCallback(answer.append)
+    assert names.asked == [("example.test", 8443)]
+    assert answer == [["93.184.216.34", "2606:2800:220:1::1"]]
+
+
+class _AskedResolver:
+    def __init__(self):
+        self.asked = []
+        self.pending = []
+
+    def resolve(self, host, port):
+        self.asked.append((host, port))
+        self.pending.append(Deferred())
+        return self.pending[-1]
+
+
+def test_lookups_pass_the_port_and_the_resolvers_failure_on():
+    resolver = _AskedResolver()
+    lookups = Lookups(resolver, limit=1)
+    first, second = lookups.resolve("a.test", 443), lookups.resolve("b.test", 8443)
+    assert resolver.asked == [("a.test", 443)]
+    resolver.pending[0].errback(DNSLookupError("a.test"))
+    failures = []
+    first.addErrback(failures.append)
+    assert [f.type for f in failures] == [DNSLookupError]
+    assert resolver.asked == [("a.test", 443), ("b.test", 8443)]
+    resolver.pending[1].callback(["93.184.216.34"])
+    assert second.result == ["93.184.216.34"]
+
+
+def test_a_lookup_cancelled_while_waiting_leaves_no_unhandled_error(captured_log):
+    """A lookup dropped from the queue is never started, and its cancellation is not reported as an error."""
+    resolver = _AskedResolver()
+    lookups = Lookups(resolver, limit=1)
+    lookups.resolve("a.test", 443)
+    waiting = lookups.resolve("b.test", 443)
+    waiting.cancel()
+    waiting.addErrback(lambda failure: failure.trap(CancelledError))
+    del waiting
+    gc.collect()
+    resolver.pending[0].callback([])
+    gc.collect()
+    assert resolver.asked == [("a.test", 443)]
+    assert "Unhandled" not in captured_log.text()
+
+
+def _ca_with_key(tmp_path, key, name="edge CA"):
+    """A CA certificate for C{key} (signed by itself), written with its key: C{(cert_path, key_path)}."""
+    start = datetime.datetime.fromtimestamp(NOW - 3600, datetime.timezone.utc)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(1).not_valid_before(start).not_valid_after(start + datetime.timedelta(days=400))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(key, algorithm))
+    _write_cert(tmp_path / "ca.pem", cert)
+    (tmp_path / "ca-key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    os.chmod(tmp_path / "ca-key.pem", 0o600)
+    return str(tmp_path / "ca.pem"), str(tmp_path / "ca-key.pem")
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "rsa"])
+def test_an_edwards_curve_or_rsa_ca_signs_leaves(tmp_path, kind):
+    """A CA with an Ed25519 key (which hashes by itself) or an RSA key: its leaves verify against it."""
+    key = ed25519.Ed25519PrivateKey.generate() if kind == "ed25519" else rsa.generate_private_key(65537, 2048)
+    clock = Clock()
+    clock.advance(NOW)
+    ca = CertificateAuthority.load(*_ca_with_key(tmp_path, key), clock)
+    ca.leaf("api.openai.com").verify_directly_issued_by(ca.cert)
+
+
+def test_a_leafs_extensions_are_those_of_a_server_certificate(tmp_path):
+    """Exactly: not a CA (critical), a signing key only (critical), server authentication, both key ids."""
+    ca, clock, metrics = ca_at(tmp_path)
+    leaf = ca.leaf("api.openai.com")
+    found = {type(e.value): (e.critical, e.value) for e in leaf.extensions}
+    assert found[x509.BasicConstraints] == (True, x509.BasicConstraints(ca=False, path_length=None))
+    assert found[x509.KeyUsage] == (True, x509.KeyUsage(
+        digital_signature=True, key_encipherment=False, key_cert_sign=False, crl_sign=False,
+        content_commitment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
+        decipher_only=False))
+    assert found[x509.SubjectKeyIdentifier] == (False, x509.SubjectKeyIdentifier.from_public_key(leaf.public_key()))
+    assert found[x509.AuthorityKeyIdentifier][0] is False
+    assert found[x509.ExtendedKeyUsage][0] is False and found[x509.SubjectAlternativeName][0] is False
+    assert len(found) == 6
+
+
+def test_a_ca_is_expired_from_its_last_second_and_says_so_once(tmp_path, captured_log):
+    ca, clock, metrics = ca_at(tmp_path)
+    end = ca.cert.not_valid_after_utc
+    clock.advance(end.timestamp() - 1 - clock.seconds())
+    assert not ca.expired()
+    clock.advance(1)
+    assert ca.expired() and ca.expired()
+    lines = [formatEvent(e) for e in captured_log.events if "expired" in e.get("log_format", "")]
+    assert lines == [f"aiproxy: the CA certificate expired on {end:%Y-%m-%d %H:%M} UTC; CONNECTs to the decrypted "
+                     f"hosts get 503 until a new CA is made (bridgeproxy ca create), trusted by the clients and "
+                     f"configured"]
+
+
+def test_a_leaf_is_renewed_from_the_second_its_renewal_is_due(tmp_path):
+    ca, clock, metrics = ca_at(tmp_path)
+    first = ca.leaf("api.openai.com")
+    clock.advance((first.not_valid_after_utc - LEAF_RENEW_BEFORE).timestamp() - clock.seconds() - 1)
+    assert ca.leaf("api.openai.com") is first
+    clock.advance(1)
+    assert ca.leaf("api.openai.com") is not first
+
+
+@pytest.mark.parametrize("days", [1, 2])
+def test_a_leaf_of_a_ca_ending_soon_is_kept_until_the_ca_ends(tmp_path, days):
+    """A CA ending before a leaf would be renewed: the leaf (ending with the CA) is minted once, not per use."""
+    clock = Clock()
+    clock.advance(NOW)
+    metrics = Metrics()
+    ca = CertificateAuthority.load(*create_ca(str(tmp_path), days=days, now=NOW), clock, metrics)
+    first = ca.leaf("api.openai.com")
+    clock.advance(days * 86400 - 1)
+    assert ca.leaf("api.openai.com") is first
+    assert metrics.registry.get_sample_value("bridgeproxy_aiproxy_leaf_certificates_total") == 1
+
+
+def test_the_leaf_cache_is_bounded(tmp_path, monkeypatch):
+    """Past its bound the cache starts again: a host seen long ago gets a new leaf, not an ever-growing cache."""
+    monkeypatch.setattr(ca_module, "_MAX_LEAVES", 3)
+    ca, clock, metrics = ca_at(tmp_path)
+    first = ca.leaf("a.test")
+    ca.leaf("b.test")
+    ca.leaf("c.test")
+    assert ca.leaf("a.test") is first
+    ca.leaf("d.test")  # the fourth: the cache is emptied first
+    assert ca.leaf("d.test") is ca.leaf("d.test")
+    assert ca.leaf("a.test") is not first
+
+
+@pytest.mark.parametrize("target,expected", [
+    (b"a.test:65535", ("a.test", 65535)),
+    (b"a.test:1", ("a.test", 1)),
+    (b"1.2.3.4:443", ("1.2.3.4", 443)),
+    (b"[2001:DB8::1]:443", ("2001:db8::1", 443)),
+])
+def test_connect_targets_at_the_edges_are_read(target, expected):
+    assert parse_authority(target) == expected
+
+
+@pytest.mark.parametrize("target,message", [
+    (b":443", "CONNECT needs a 'host:port' target."),
+    (b"a.test:000443", "CONNECT needs a 'host:port' target."),
+    (b"a.test:\xd9\xa4", "CONNECT needs a 'host:port' target."),  # a digit, but not an ASCII one
+    (b"::1:443", "An IPv6 address in a CONNECT target goes in brackets: '[::1]:443'."),
+    (b"[::g]:443", "Malformed IPv6 address in the request target."),
+    (b"[::1:443", "The request target is not a host name or an IP address."),  # an opening bracket only
+    (b"h\xffst:443", "The request target is not a host name or an IP address."),
+    (b"a..b:443", "The request target is not a host name or an IP address."),
+])
+def test_bad_connect_targets_are_refused_with_a_reason(target, message):
+    with pytest.raises(BadHead) as caught:
+        parse_authority(target)
+    assert (caught.value.message, caught.value.status) == (message, 400)
+
+
+@pytest.mark.parametrize("values,token", [
+    ([basic("x" * 1024)], "x" * 1024),  # the longest key taken
+    ([b"Basic dT!pw"], None),  # base64 with a stray character: not read past it
+])
+def test_proxy_authorization_at_the_edges(values, token):
+    values = [v.encode() if isinstance(v, str) else v for v in values]
+    assert proxy_token(values) == token
+
+
+@pytest.mark.parametrize("head,message,status", [
+    (b"GET  HTTP/1.1", "Malformed request line: expected 'METHOD TARGET HTTP/1.1'.", 400),  # no target
+    (b"GET /x\x7f HTTP/1.1", "Malformed request line: expected 'METHOD TARGET HTTP/1.1'.", 400),
+    (b"GET /x\x80 HTTP/1.1", "Malformed request line: expected 'METHOD TARGET HTTP/1.1'.", 400),
+    (b"GET / HTTP/1.1\r\nNo colon", "Malformed header line.", 400),
+    (b"GET / HTTP/1.1\r\nX: a\nb", "Malformed header value.", 400),
+    (b"GET / HTTP/1.1\r\nX: a\rb", "Malformed header value.", 400),
+    (b"GET / HTTP/1.1\r\nX: a\x00b", "Malformed header value.", 400),
+    (b"GET / HTTP/1.1" + b"\r\nX: y" * 101, "More than 100 header lines.", 431),
+])
+def test_malformed_heads_are_refused_with_a_reason(head, message, status):
+    with pytest.raises(BadHead) as caught:
+        parse_head(head)
+    assert (caught.value.message, caught.value.status) == (message, status)
+
+
+def test_a_head_at_the_edges_is_read():
+    """The printable ASCII ends in a target, exactly 100 header lines, values trimmed of spaces and tabs only."""
+    request = parse_head(b"GET /!~ HTTP/1.1" + b"\r\nX: y" * 99 + b"\r\nA: \t X\x0bvalueX\x0b \t")
+    assert request.target == b"/!~"
+    assert len(request.values(b"x")) == 99
+    assert request.values(b"a") == [b"X\x0bvalueX\x0b"]
+
+
+def test_a_new_ca_is_named_for_bridgeproxy_valid_ten_years_and_signs_certificates_only(tmp_path):
+    cert_path, key_path = create_ca(str(tmp_path), now=NOW)
+    cert = x509.load_pem_x509_certificate(open(cert_path, "rb").read())
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc == datetime.timedelta(days=3650, hours=1)
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "bridgeproxy"
+    assert re.fullmatch(r"bridgeproxy AI proxy CA [0-9a-f]{8}",
+                        cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage)
+    assert usage.critical and usage.value == x509.KeyUsage(
+        digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=False, encipher_only=False, decipher_only=False)
+
+
+def test_the_ca_certificate_file_is_readable_by_all(tmp_path):
+    """The certificate is public (mode 0644 under the usual umask); only the key is kept to its owner."""
+    old = os.umask(0o022)
+    try:
+        cert_path, key_path = create_ca(str(tmp_path))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(cert_path).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+
+
+def test_a_ca_that_cannot_be_used_is_refused_with_this_message(tmp_path):
+    clock = Clock()
+    clock.advance(NOW)
+    cert_path, key_path = create_ca(str(tmp_path / "a"), now=NOW)
+    missing = str(tmp_path / "none.pem")
+    with pytest.raises(ConfigError) as caught:
+        CertificateAuthority.load(cert_path, missing, clock)
+    assert str(caught.value) == f"aiproxy.ca_key: cannot read {missing!r}: No such file or directory"
+    dsa_key = tmp_path / "dsa.pem"
+    dsa_key.write_bytes(dsa.generate_private_key(1024).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    with pytest.raises(ConfigError) as caught:
+        CertificateAuthority.load(cert_path, str(dsa_key), clock)
+    assert str(caught.value) == f"aiproxy.ca_key: {str(dsa_key)!r} is not an RSA, EC or Edwards-curve key"
+
+
+def test_a_ca_is_refused_from_the_second_it_ends(tmp_path):
+    cert_path, key_path = create_ca(str(tmp_path), days=1, now=NOW)
+    cert = x509.load_pem_x509_certificate(open(cert_path, "rb").read())
+    clock = Clock()
+    clock.advance(cert.not_valid_after_utc.timestamp() - 1)
+    CertificateAuthority.load(cert_path, key_path, clock)
+    clock.advance(1)
+    with pytest.raises(ConfigError, match="expired on"):
+        CertificateAuthority.load(cert_path, key_path, clock)
+
+
+def test_the_warning_about_a_readable_ca_key_says_what_to_do(tmp_path, captured_log):
+    cert_path, key_path = create_ca(str(tmp_path / "ca"))
+    os.chmod(key_path, 0o604)
+    CertificateAuthority.load(cert_path, key_path, Clock())
+    [line] = [formatEvent(e) for e in captured_log.events if "can be read" in e.get("log_format", "")]
+    assert line == (f"aiproxy.ca_key: {key_path} can be read by others than its owner (mode 0604); whoever reads it "
+                    f"can impersonate any site to the clients that trust the CA: chmod 600 it")
+
+
+def test_a_ca_key_whose_mode_cannot_be_read_is_not_warned_about(tmp_path, captured_log, monkeypatch):
+    """The key file read, then gone before its mode is checked: the CA loads, without a warning."""
+    cert_path, key_path = create_ca(str(tmp_path / "ca"))
+
+    def gone(path):
+        raise FileNotFoundError(path)
+    monkeypatch.setattr(ca_module, "os", SimpleNamespace(stat=gone))
+    CertificateAuthority.load(cert_path, key_path, Clock())
+    assert "can be read" not in captured_log.text()
+
+
+def test_an_allowed_range_written_with_host_bits_is_the_range():
+    """allowed_private_cidrs "10.1.2.3/16" means 10.1.0.0/16, not an error."""
+    assert Guard(["10.1.2.3/16"]).allows("10.1.200.1")
+    assert not Guard(["10.1.2.3/16"]).allows("10.2.0.1")

@@ -55,8 +55,8 @@ def is_public(address: Address) -> bool:
         return is_public(plain)
     if any(address in net for net in _NOT_PUBLIC if net.version == address.version):
         return False
-    return (address.is_global and not address.is_multicast and not address.is_unspecified
-            and not address.is_reserved and not getattr(address, "is_site_local", False))
+    # (IPv6 site-local, fec0::/10, is refused above.)
+    return address.is_global and not address.is_multicast and not address.is_unspecified and not address.is_reserved
 
 
 class Guard:

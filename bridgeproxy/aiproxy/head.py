@@ -102,11 +102,9 @@ def normal_host(host: str) -> str:
             return str(ipaddress.IPv6Address(host[1:-1]))
         except ValueError:
             raise BadHead("Malformed IPv6 address in the request target.") from None
+    # (An IPv4 address passes as a host name: Python reads only the dotted
+    # decimal form, without leading zeros, which is already canonical.)
     name = host.lower().rstrip(".")
-    try:
-        return str(ipaddress.IPv4Address(name))
-    except ValueError:
-        pass
     if not _HOST_NAME.fullmatch(name):
         raise BadHead("The request target is not a host name or an IP address.")
     return name

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_aiproxy_e2e -*-
+# -*- test-case-name: tests.test_aiproxy_mitm,tests.test_aiproxy_e2e -*-
 """
 A decrypted tunnel: the requests inside it are the bridge's own.
 
@@ -83,7 +83,7 @@ class TunnelRequest:
             "initiator={initiator} client={client} provider={provider} route={route} model={model} status={status} "
             "http_status={http_status} upstream_status={upstream_status} tokens_in={tokens_in} "
             "tokens_out={tokens_out} duration_ms={duration_ms}",
-            id=record.id, method=self.method.decode("latin-1", "replace"), host=tunnel.host, path=path,
+            id=record.id, method=self.method.decode("latin-1"), host=tunnel.host, path=path,
             tunnel_user=tunnel.username, initiator=record.initiator_username or record.initiator_id,
             client=record.client, provider=record.provider, route=record.route, model=record.model,
             status=record.status, http_status=record.http_status, upstream_status=record.upstream_status,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_aiproxy_memory,tests.test_aiproxy_e2e -*-
+# -*- test-case-name: tests.test_aiproxy_server,tests.test_aiproxy_memory,tests.test_aiproxy_e2e -*-
 """
 The AI proxy's listener: one L{ProxyConnection} per client connection.
 
@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence
 
 from twisted.internet import endpoints
 from twisted.internet.defer import CancelledError, maybeDeferred, succeed
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -58,28 +59,21 @@ DECIDE_TIMEOUT = 60.0
 #: (a TLS listener waits for the client's close_notify); then it is cut.
 CLOSE_TIMEOUT = 5.0
 
-_PHRASES = {
-    400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
-    407: b"Proxy Authentication Required", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
-    501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
-}
 #: Each refusal status as a provider-neutral error kind (L{bridgeproxy.errors}).
 _KINDS = {400: "invalid_request", 403: "permission", 404: "not_found", 405: "invalid_request",
           407: "authentication", 408: "timeout", 431: "invalid_request", 501: "invalid_request",
           502: "api_error", 503: "overloaded", 504: "timeout"}
 _ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
-_CANCELLED = (CancelledError,)
+#: How a step the proxy gave up on fails (a connection attempt fails with the second).
+_CANCELLED = (CancelledError, ConnectingCancelledError)
 
 
 def _phrase(status: int) -> bytes:
-    """The reason phrase of C{status}."""
-    phrase = _PHRASES.get(status)
-    if phrase is None:
-        try:
-            phrase = HTTPStatus(status).phrase.encode("ascii")
-        except ValueError:
-            phrase = b"Error"
-    return phrase
+    """The reason phrase of C{status} (Python's; C{Error} for a status it does not know)."""
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b"Error"
 
 
 def _header_bytes(value: str) -> bytes:
@@ -166,7 +160,6 @@ class ProxyConnection(Protocol):
         end = self._buffer.find(b"\r\n\r\n")
         if end < 0 or end > MAX_HEAD:
             if len(self._buffer) > MAX_HEAD:
-                self._reading_head = False
                 self._refuse(431, f"The request head is larger than {MAX_HEAD} bytes.")
             return
         head, self._buffer = self._buffer[:end], self._buffer[end + 4:]
@@ -457,7 +450,6 @@ class ProxyConnection(Protocol):
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.cancel()
-        self._reading_head = False
         self._refuse(status, message)
 
     def _cancel_timer(self) -> None:

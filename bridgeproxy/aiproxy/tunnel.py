@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_aiproxy_units,tests.test_aiproxy_e2e -*-
+# -*- test-case-name: tests.test_aiproxy_tunnel,tests.test_aiproxy_units,tests.test_aiproxy_e2e -*-
 """
 A tunnel that is not decrypted: bytes passed through unchanged both ways.
 
@@ -102,7 +102,8 @@ class Outbound(Protocol):
         self._proxy_request = via_proxy
         self._head = b""
         # Cancelled (the client left, or took too long): the connection goes too.
-        self.ready: Deferred = Deferred(lambda d: self.transport.abortConnection() if self.transport else None)
+        # (Only a connected Outbound's ready is waited on, so it has a transport.)
+        self.ready: Deferred = Deferred(lambda d: self.transport.abortConnection())
         #: Bytes the target sent before the tunnel was spliced (after an upstream proxy's answer).
         self.early = b""
 
