@@ -18,8 +18,10 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web import server
 
 from bridgeproxy.proxy.admission import Admission, Ticket
+from bridgeproxy.proxy.limits import Limits
 from bridgeproxy.store.budgets import day_number, set_budget
-from tests.memory import TOKEN, USER_ID, gateway, json_answer
+from bridgeproxy.types import Identity
+from tests.memory import TOKEN, USER_ID, Identities, gateway, json_answer
 from tests.syncstore import SyncStore
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -280,3 +282,84 @@ def test_a_model_without_a_price_is_counted_by_provider_and_model():
     assert chat(g, {**CHAT, "model": "gpt-99"}).status == 200
     exposition = g.bridge.metrics.exposition()
     assert b'bridgeproxy_budget_unpriced_requests_total{model="gpt-99",provider="openai"} 1.0' in exposition
+
+
+# -- who is named, and the limits counted in the store ---------------------------------------------------------
+
+BOB_TOKEN = "bp_memory-bob-token-0123456789abcdefXYZ"
+
+
+def two_users(extra=None, store=None):
+    """A gateway in memory that knows alice (TOKEN) and bob (BOB_TOKEN), its limits counted in the store."""
+    identities = Identities({TOKEN: Identity(USER_ID, "alice"), BOB_TOKEN: Identity("u-bob", "bob")})
+    g = gateway({"upstream": {"timeout": 600}, **(extra or {})}, identities=identities)
+    g.clock.advance(NOW)
+    store = store if store is not None else SyncStore()
+    bridge = g.bridge
+    bridge.admission = Admission(store, g.clock, bridge.config, bridge.prices, bridge.metrics, holder="this")
+    bridge.limits = Limits(bridge.config.limits, g.clock, in_store=bridge.config.limits.counted_in_store(bridge.config))
+    bridge.admission.reconfigure(bridge.config, bridge.prices, bridge.limits)
+    bridge.admission.start()
+    g.upstream.handler = ANSWER
+    return g, store, bridge.admission
+
+
+def test_the_refusal_and_the_spend_name_the_user_as_the_request_did():
+    """The name the request's user has now, not the one the budget was set with, is in the message and the spend."""
+    g, store, admission = budgeted(budget=None, start=False)
+    set_budget(store.db, USER_ID, 10**9, "month", "alice-then", now=NOW)
+    admission.start()
+    assert chat(g).status == 200
+    assert store.db.execute("SELECT username FROM budget_spend") == [("alice",)]
+    set_budget(store.db, USER_ID, 0, "month", "alice-then", now=NOW)
+    answer = chat(g)
+    assert answer.status == 429 and " for alice is used up" in answer.json()["error"]["message"]
+
+
+def test_the_rate_counted_here_while_the_store_is_down_is_each_users_own():
+    """The store down, each user still has a bucket of their own in this process."""
+    g, store, _ = two_users({"limits": {"per_initiator_rps": 0.001, "per_initiator_burst": 1, "shared": "store"}})
+    store.failing = sqlite3.OperationalError("database is locked")
+    assert chat(g).status == 200
+    assert g.send("POST", "/openai/v1/chat/completions", CHAT, {"Authorization": f"Bearer {BOB_TOKEN}"}).status == 200
+    assert chat(g).status == 429
+
+
+def test_slots_given_back_together_are_all_given_back():
+    """Requests that end while the store is busy give their slots back in one call, every one of them."""
+    store = WaitingStore()
+    g, _, admission = two_users({"limits": {"max_concurrency": 5, "shared": "store"}}, store=store)
+    store.release()
+    g.upstream.handler = lambda request: server.NOT_DONE_YET
+    for _ in range(3):
+        g.open("POST", "/openai/v1/chat/completions", CHAT, AUTH)
+        store.release()
+    assert store.db.execute("SELECT in_flight FROM limit_slots WHERE holder = ''") == [(3,)]
+    g.open("POST", "/openai/v1/chat/completions", CHAT, AUTH)  # the store is busy admitting this one
+    admitted = [ex for ex in g.bridge.in_flight if ex.admitted is not None]
+    assert len(admitted) == 3
+    for ex in admitted:
+        admission.finish(ex, None)
+    store.release()
+    store.release()
+    assert store.db.execute("SELECT in_flight FROM limit_slots WHERE holder = ''") == [(1,)]
+
+
+def test_idle_buckets_are_pruned_once_they_would_be_full_again():
+    """A bucket (rate 1, burst 2) unused for 2 s plus a renewal's 5 s is deleted at the next renewal, not before."""
+    g, store, _ = two_users({"limits": {"per_initiator_rps": 1, "per_initiator_burst": 2, "shared": "store"}})
+    assert chat(g).status == 200
+    g.clock.advance(5)
+    assert [r[0] for r in store.db.execute("SELECT key FROM limit_buckets")] == [USER_ID]
+    g.clock.advance(5)
+    assert store.db.execute("SELECT key FROM limit_buckets") == []
+
+
+def test_a_model_that_is_not_a_name_is_unpriced():
+    """A model field that is no string has no price: the request goes, counted as unpriced without a model."""
+    g, store, _ = budgeted()
+    answer = chat(g, {**CHAT, "model": 7})
+    exposition = g.bridge.metrics.exposition().decode()
+    unpriced = [line for line in exposition.splitlines() if line.startswith("bridgeproxy_budget_unpriced_requests_total{")]
+    assert answer.status == 200
+    assert unpriced == ['bridgeproxy_budget_unpriced_requests_total{model="unknown",provider="openai"} 1.0']

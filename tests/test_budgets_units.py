@@ -349,3 +349,23 @@ def test_lock_keys_are_the_same_in_every_process():
     assert lock_key("budget:alice") == -3934307117678535200
     assert any(lock_key(f"budget:{i}") < 0 for i in range(8))
     assert user_lock("u-1") == "budget:u-1"
+
+
+def test_worst_case_when_the_plain_input_is_the_dearest():
+    """Cache prices below the input price: the prompt is held at the input price."""
+    assert worst_case(price(4.0, 0.0, cache_read=1.0, cache_write=2.0), 3, {"max_tokens": 1}, 10) == 4
+
+
+def test_periods_and_days_are_utc_whatever_the_servers_zone(monkeypatch):
+    """A server in another time zone renews budgets at UTC midnight all the same."""
+    import time
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert iso_day(DAY) == "2026-11-24T00:00:00Z"
+        start, end = period_days("week", NOW)
+        found = refusal(Standing(Budget(BOB, 1, "week", "bob"), start, end, 1, 0), 1, NOW)
+        assert found.message.endswith("It renews at 2026-11-30T00:00:00Z.")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
