@@ -23,12 +23,15 @@ import os
 import secrets
 import uuid
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
+from twisted.web import server
 
 from bridgeproxy.store import dashboard as queries
 from bridgeproxy.store.budgets import set_budget
 from bridgeproxy.ui import pages
+from tests import memory, payloads
 from tests.dashboards import START, Document, record
 from tests.dashboards import dashboard as make_dashboard
 
@@ -354,3 +357,73 @@ def test_without_budgets_the_users_page_has_no_budget_column(steady):
     dash.gateway.bridge.api.admission = None
     browser = dash.signed_in("root")
     check("users-no-budgets", browser.get("/ui/users").body)
+
+
+# -- edges of what the pages read ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("since, until", [
+    ("2026-11-24T07:00:00", "2026-11-24T07:00:01"), ("2026-11-24T07:00", "2026-11-24T07:01"),
+    ("2026-11-24 07:00:00", "2026-11-24 07:00:01"), ("2026-11-24 07:00", "2026-11-24 07:01"),
+])
+def test_every_shape_of_date_and_time_filters(browser, since, until):
+    """The datetime-local input's shapes and the typed ones (a space for the T) all read as UTC."""
+    answer = browser.get("/ui/interceptions?" + urlencode({"from": since, "to": until}))
+    assert answer.status == 200
+    assert [a.attrs["href"] for a in Document(answer.body).all("a", class_="open")] == ["/ui/interceptions/r-02"]
+
+
+def test_a_search_of_two_hundred_characters_is_fine(browser):
+    assert browser.get("/ui/interceptions?q=" + "x" * 200).status == 200
+
+
+def test_requests_in_flight_and_streams_among_them(dash, browser):
+    """The overview counts this process's requests in flight, and the streams being relayed among them."""
+    key = dash.key("streamer")
+    auth = {"Authorization": f"Bearer {key}"}
+    chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    dash.gateway.upstream.handler = memory.sse_answer(payloads.CHAT_CHUNKS[:1], end="hang")
+    dash.gateway.open("POST", "/openai/v1/chat/completions", {**chat, "stream": True}, auth)
+    dash.gateway.upstream.handler = lambda request: server.NOT_DONE_YET
+    dash.gateway.open("POST", "/openai/v1/chat/completions", {**chat, "stream": True}, auth)
+    dash.gateway.open("POST", "/openai/v1/chat/completions", chat, auth)
+    doc = Document(browser.get("/ui/").body)
+    card = doc.by_id("streams-in-flight")
+    assert card.text() == "1"
+    assert card.parent.attrs["title"] == "3 requests in flight in this process (with several workers: this worker's)"
+
+
+def test_the_filters_offer_what_was_seen_in_ninety_days(dash, browser):
+    dash.add(record(id="o-1", started_at=START - 89 * 86400, model="recent-enough", client="Old Client"),
+             record(id="o-2", started_at=START - 91 * 86400, model="too-old"))
+    doc = Document(browser.get("/ui/interceptions").body)
+    models = [o.attrs["value"] for o in doc.by_id("filter-model").all("option")]
+    assert "recent-enough" in models and "too-old" not in models
+
+
+def test_usage_on_the_users_page_is_the_last_thirty_days(dash, browser):
+    dash.add(record(id="u-1", started_at=START - 29 * 86400, initiator_username="carol", input_tokens=1, output_tokens=0),
+             record(id="u-2", started_at=START - 31 * 86400, initiator_username="carol", input_tokens=1000,
+                    output_tokens=0),
+             record(id="u-3", started_at=START + 1800, initiator_username="carol", input_tokens=10, output_tokens=0))
+    rows = {tr.all("a")[0].text(): tr for tr in Document(browser.get("/ui/users").body).by_id("users").walk()
+            if tr.tag == "tr" and tr.all("a")}
+    cells = [td.text() for td in rows["carol"].all("td")]
+    assert cells[3:5] == ["3", "131"]  # r-06 is 40 days old: out; r-07, u-1 and u-3 in
+
+
+@pytest.mark.parametrize("seconds, shown", [
+    (-5, "0 s"), (0, "0 s"), (59.9, "59 s"), (60, "1 min 0 s"), (3599, "59 min 59 s"), (3600, "1 h 0 min"),
+    (7 * 3600 + 61, "7 h 1 min"),
+])
+def test_spans_of_sessions(seconds, shown):
+    assert pages._duration(seconds) == shown
+
+
+def test_a_session_with_more_requests_than_shown(dash, browser, monkeypatch):
+    """A session's page shows its first requests and says so when there are more."""
+    real = queries.session
+    monkeypatch.setattr(queries, "session", lambda db, session_id: real(db, session_id, limit=1))
+    doc = Document(browser.get("/ui/session?id=cc-1").body)
+    assert "Showing the first 1 requests." in doc.text()
+    assert len(doc.by_id("session-interceptions").all("tr")) == 2
