@@ -427,3 +427,31 @@ def test_a_session_with_more_requests_than_shown(dash, browser, monkeypatch):
     doc = Document(browser.get("/ui/session?id=cc-1").body)
     assert "Showing the first 1 requests." in doc.text()
     assert len(doc.by_id("session-interceptions").all("tr")) == 2
+
+
+def test_a_key_expiring_this_second_is_expired(dash, browser):
+    key_id, _ = dash.store.db.create_key("erin", expires_at=START)
+    later, _ = dash.store.db.create_key("erin", expires_at=START + 1)
+    doc = Document(browser.get("/ui/users").body)
+    assert doc.all("li", data_key_id=key_id)[0].text().startswith("bp_t...")
+    assert f"{key_id} · expired 2026-11-24 10:00" in doc.all("li", data_key_id=key_id)[0].text()
+    assert f"{later} · expires 2026-11-24 10:00" in doc.all("li", data_key_id=later)[0].text()
+    assert doc.all("li", data_key_id=key_id)[0].all("form") == []
+    assert len(doc.all("li", data_key_id=later)[0].all("form")) == 1
+
+
+@pytest.mark.parametrize("days, expires", [("1", START + 86400), ("3650", START + 3650 * 86400)])
+def test_keys_expire_in_one_to_3650_days(browser, dash, days, expires):
+    answer = browser.post("/ui/keys/create", {"csrf": browser.csrf(), "username": "x" * 100, "expires_days": days})
+    assert answer.status == 201
+    assert [k["expires_at"] for k in dash.store.db.list_keys() if k["username"] == "x" * 100] == [expires]
+
+
+def test_the_longest_key_id_and_user_id_are_looked_up(browser):
+    """A key id of 64 hex digits and a user id of 200 characters are looked for (and not found), not refused."""
+    answer = browser.post("/ui/keys/revoke", {"csrf": browser.csrf(), "key_id": "a" * 64})
+    assert answer.status == 404
+    answer = browser.post("/ui/keys/revoke", {"csrf": browser.csrf(), "key_id": "a" * 65})
+    assert answer.status == 400
+    answer = browser.post("/ui/users/disable", {"csrf": browser.csrf(), "user_id": "u" * 200, "disabled": "1"})
+    assert answer.status == 404
