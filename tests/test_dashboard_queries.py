@@ -72,9 +72,10 @@ def test_a_text_search_continues_after_its_last_match_or_its_window(db):
 
 def test_the_default_search_window(db, monkeypatch):
     monkeypatch.setattr(q, "SEARCH_WINDOW", 3)
-    db.insert_interceptions([record(id=f"r-{i}", started_at=START - i) for i in range(5)])
+    db.insert_interceptions([record(id=f"r-{i:02d}", started_at=START - i) for i in range(55)])
     assert q.interceptions(db, q.Filters(text="hello")).scanned == 3
-    assert q.SEARCH_WINDOW == 3 and q.interceptions.__defaults__[:2] == (None, 50)
+    page = q.interceptions(db, q.Filters())
+    assert len(page.rows) == 50 and page.next_cursor == (START - 49, "r-49")
 
 
 def test_like_and_pattern():
