@@ -455,3 +455,19 @@ def test_the_longest_key_id_and_user_id_are_looked_up(browser):
     assert answer.status == 400
     answer = browser.post("/ui/users/disable", {"csrf": browser.csrf(), "user_id": "u" * 200, "disabled": "1"})
     assert answer.status == 404
+
+
+def test_tool_arguments_keep_their_characters(dash, browser):
+    dash.add(record(id="t-1", tool_calls=[("write", '{"text":"caf\\u00e9 \\u2713"}', "c1")]))
+    doc = Document(browser.get("/ui/interceptions/t-1").body)
+    assert doc.all("pre", class_="arguments")[0].text() == '{\n  "text": "café ✓"\n}'
+
+
+def test_a_short_session_is_drawn_over_a_second(dash, browser):
+    """A session of one half-second request without a model: its bar's tip names the route; the axis spans 1 s."""
+    dash.add(record(id="q-1", client_session_id="quick", started_at=START, ended_at=START + 0.5, model=None,
+                    route="embeddings"))
+    doc = Document(browser.get("/ui/session?id=quick").body)
+    [bar] = doc.all("rect", class_="span status-ok")
+    assert bar.all("title")[0].text() == "2026-11-24 10:00:00 UTC · embeddings · ok · 500 ms · 0 tool calls"
+    assert [t.text() for t in doc.all("text", class_="axis")][-1] == "10:00:01.000"
