@@ -49,6 +49,13 @@ class PlainStore(SyncStore):
     describe = None  # type: ignore[assignment]
 
 
+class TellingStore(SyncStore):
+    """A store that tells its failures in words of its own (as the real one hides a password in a URL)."""
+
+    def describe(self, error):
+        return f"the store said: {error}"
+
+
 class WaitingStore(SyncStore):
     """A store whose calls wait until released, as a busy store thread does."""
 
@@ -126,6 +133,15 @@ def test_failing_open_logs_the_outage_once_and_counts_each_request(logged):
         f"Store failed (disk I/O error) admitting {last}: until it answers, limits are counted in this process and "
         "budgets are not checked"]
     assert g.bridge.metrics.get("admission_unchecked") == 3 and g.bridge.metrics.get("budget_unchecked") == 3
+
+
+def test_the_store_tells_its_own_failures(logged):
+    """The reason logged is the store's own account of the failure, when it gives one."""
+    g, store, _ = budgeted(store=TellingStore())
+    store.failing = sqlite3.OperationalError("database is locked")
+    assert chat(g).status == 503
+    assert logged == [f"Budget of {USER_ID} not checked, the store failed (the store said: database is locked); "
+                      f"refusing {g.records[0].id}"]
 
 
 def test_a_store_without_describe_is_told_by_the_failures_message(logged):

@@ -194,3 +194,11 @@ def test_sign_ins_expire_on_their_second(db):
     assert q.find_sign_in(db, "c", START) is None and q.find_sign_in(db, "b", START) is not None
     assert q.end_sign_ins(db, user_id="nobody") == 0 and q.end_sign_ins(db, key_id=None) == 0
     assert q.end_sign_ins(db, user_id="u") == 1
+
+
+def test_a_session_shows_its_first_thousand_requests(db):
+    db.insert_interceptions([record(id=f"b-{i:04d}", client_session_id="big", started_at=START + i)
+                             for i in range(1001)])
+    found = q.session(db, "big")
+    assert found["requests"] == 1001 and len(found["interceptions"]) == 1000
+    assert found["interceptions"][-1]["id"] == "b-0999"

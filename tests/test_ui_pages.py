@@ -471,3 +471,31 @@ def test_a_short_session_is_drawn_over_a_second(dash, browser):
     [bar] = doc.all("rect", class_="span status-ok")
     assert bar.all("title")[0].text() == "2026-11-24 10:00:00 UTC · embeddings · ok · 500 ms · 0 tool calls"
     assert [t.text() for t in doc.all("text", class_="axis")][-1] == "10:00:01.000"
+
+
+def test_a_session_of_nobody_in_particular(dash, browser):
+    """A session without a user: '(none)' in the list and on its page; its rows show what was not recorded."""
+    long_id = "s" * 70
+    dash.add(record(id="n-1", client_session_id=long_id, started_at=START - 60, initiator_id=None,
+                    initiator_username=None, model=None, prompt=None, status="ok", upstream_status=502))
+    listing = Document(browser.get("/ui/sessions").body)
+    row = [tr for tr in listing.by_id("sessions").all("tr") if long_id[:40] in tr.text()][0]
+    assert [td.text() for td in row.all("td")][1:3] == ["Claude Code", "(none)"]
+    page = browser.get("/ui/session?id=" + long_id)
+    doc = Document(page.body)
+    assert doc.all("h1")[0].text() == "Session " + "s" * 60
+    assert "user(none)" in doc.all("dl", class_="facts")[0].text()
+    cells = [td.text() for td in doc.by_id("session-interceptions").all("td")]
+    assert cells[1:4] == ["—", "chat", "ok · upstream 502"] and cells[-1] == ""
+
+
+def test_a_session_with_more_requests_than_shown_says_so_quietly(dash, browser, monkeypatch):
+    real = queries.session
+    monkeypatch.setattr(queries, "session", lambda db, session_id: real(db, session_id, limit=1))
+    notes = Document(browser.get("/ui/session?id=cc-1").body).all("p", class_="muted")
+    assert [p.text() for p in notes] == ["Showing the first 1 requests."]
+
+
+def test_disabling_without_saying_whom(browser):
+    answer = browser.post("/ui/users/disable", {"csrf": browser.csrf(), "disabled": "1"})
+    assert (answer.status, problem(answer)) == (400, "Which user?")
