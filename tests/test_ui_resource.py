@@ -71,16 +71,20 @@ def test_a_page_whose_store_fails_is_a_500_that_tells_nothing_of_the_store(dash,
     def boom(*args, **kwargs):
         raise RuntimeError("password=hunter2 connection refused")
     monkeypatch.setattr(queries, "interceptions", boom)
+    monkeypatch.setattr(queries, "interception", boom)
     globalLogPublisher.addObserver(observe)
     try:
         answer = browser.get("/ui/interceptions?user=x")
+        odd = browser.get("/ui/interceptions/" + "a" * 300)
     finally:
         globalLogPublisher.removeObserver(observe)
+    assert odd.status == 500
     assert answer.status == 500
     assert problem(answer) == "The page could not be made: the store did not answer. Try again shortly."
     assert Document(answer.body).all("title")[0].text().startswith("Something went wrong")
     assert b"hunter2" not in answer.body
-    assert lines == ["Dashboard page /ui/interceptions failed"]
+    assert lines == ["Dashboard page /ui/interceptions failed",
+                     "Dashboard page /ui/interceptions/" + "a" * 182 + " failed"]
 
 
 def test_a_bridge_error_keeps_its_status_and_message(dash, monkeypatch):
