@@ -499,3 +499,32 @@ def test_a_session_with_more_requests_than_shown_says_so_quietly(dash, browser, 
 def test_disabling_without_saying_whom(browser):
     answer = browser.post("/ui/users/disable", {"csrf": browser.csrf(), "disabled": "1"})
     assert (answer.status, problem(answer)) == (400, "Which user?")
+
+
+def test_details_of_other_requests(dash, browser):
+    """A user known by id only, a stream, an error, a tool call without arguments, a trailing slash, a bad id."""
+    dash.add(record(id="x-1", initiator_username=None, initiator_id=BOB, streamed=True, error="it broke",
+                    tool_calls=[("ping", None, None)]))
+    doc = Document(browser.get("/ui/interceptions/x-1").body)
+    facts = dict(zip([dt.text() for dt in doc.all("dt")], [dd.text() for dd in doc.all("dd")]))
+    assert (facts["initiator"], facts["streamed"], facts["error"]) == (BOB, "yes", "it broke")
+    assert [a.attrs["href"] for a in doc.all("a") if a.text() == BOB] == [f"/ui/interceptions?user={BOB}"]
+    assert [p.text() for p in doc.all("pre", class_="arguments")] == [""]
+    assert Document(browser.get("/ui/interceptions/").body).by_id("interceptions")
+    assert browser.get("/ui/interceptions/%FF").status == 404
+
+
+def test_the_sessions_list_in_figures_and_its_pages_keep_the_filters(dash, browser, monkeypatch):
+    dash.add(record(id="f-1", client_session_id="f" * 50, started_at=START - 30, initiator_username="zed",
+                    input_tokens=1, output_tokens=2, cache_read_tokens=30, cache_write_tokens=400),
+             record(id="f-2", client_session_id="g" * 50, started_at=START - 40, initiator_username="zed"))
+    doc = Document(browser.get("/ui/sessions?user=zed").body)
+    [row, _] = [tr for tr in doc.by_id("sessions").all("tr") if tr.all("td")]
+    cells = [td.text() for td in row.all("td")]
+    assert cells[0] == "f" * 40 and cells[4] == "433"
+    monkeypatch.setattr(pages, "SESSION_ROWS", 1)
+    first = Document(browser.get("/ui/sessions?user=zed&client=Claude+Code").body)
+    older = first.by_id("older").attrs["href"]
+    assert older.startswith("/ui/sessions?range=7d&user=zed&client=Claude+Code&after=")
+    newest = [a.attrs["href"] for a in Document(browser.get(older).body).all("a") if a.text() == "Most recent"]
+    assert newest == ["/ui/sessions?range=7d&user=zed&client=Claude+Code"]

@@ -321,3 +321,8 @@ def test_below_a_page_there_is_nothing(dash):
         answer = browser.get(path)
         assert (answer.status, problem(answer)) == (404, "There is no such page."), path
     assert browser.get("/ui/users/").status == 200
+
+
+def test_static_files_answer_head(dash):
+    answer = dash.gateway.send("HEAD", "/ui/static/ui.css")
+    assert answer.status == 200 and answer.headers["content-type"] == [b"text/css; charset=utf-8"]
