@@ -379,3 +379,23 @@ def test_a_model_that_is_not_a_name_is_unpriced():
     unpriced = [line for line in exposition.splitlines() if line.startswith("bridgeproxy_budget_unpriced_requests_total{")]
     assert answer.status == 200
     assert unpriced == ['bridgeproxy_budget_unpriced_requests_total{model="unknown",provider="openai"} 1.0']
+
+
+def test_an_idle_bucket_is_kept_until_it_would_be_full():
+    """Rate 2, burst 12: a bucket is full again 6 s after its last use; it goes at the first renewal after 11 s."""
+    g, store, _ = two_users({"limits": {"per_initiator_rps": 2, "per_initiator_burst": 12, "shared": "store"}})
+    assert chat(g).status == 200
+    g.clock.advance(10)
+    assert [r[0] for r in store.db.execute("SELECT key FROM limit_buckets")] == [USER_ID]
+    g.clock.advance(5)
+    assert store.db.execute("SELECT key FROM limit_buckets") == []
+
+
+def test_this_processs_slots_are_renewed_while_its_requests_run():
+    """A request running longer than hold_seconds keeps its slot: the gateway stays full."""
+    g, store, _ = two_users({"limits": {"max_concurrency": 1, "shared": "store"}, "budgets": {"hold_seconds": 10}})
+    g.upstream.handler = lambda request: server.NOT_DONE_YET
+    g.open("POST", "/openai/v1/chat/completions", CHAT, AUTH)
+    g.clock.advance(15)
+    assert store.db.execute("SELECT in_flight FROM limit_slots WHERE holder = ''") == [(1,)]
+    assert chat(g).status == 503

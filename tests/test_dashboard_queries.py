@@ -202,3 +202,23 @@ def test_a_session_shows_its_first_thousand_requests(db):
     found = q.session(db, "big")
     assert found["requests"] == 1001 and len(found["interceptions"]) == 1000
     assert found["interceptions"][-1]["id"] == "b-0999"
+
+
+def test_sessions_walk_one_at_a_time_without_coming_back(db):
+    """Most recent first, one a page: a session seen is never on a later page, whatever its id."""
+    db.insert_interceptions([record(id="1", client_session_id="a", started_at=START + 300),
+                             record(id="2", client_session_id="b", started_at=START + 200),
+                             record(id="3", client_session_id="c", started_at=START + 100)])
+    seen, cursor = [], None
+    while True:
+        found, cursor = q.sessions(db, cursor=cursor, limit=1)
+        seen += [s["session_id"] for s in found]
+        if cursor is None:
+            break
+    assert seen == ["a", "b", "c"]
+
+
+def test_the_sessions_list_holds_fifty(db):
+    db.insert_interceptions([record(id=f"{i}", client_session_id=f"s-{i:02d}", started_at=START + i) for i in range(51)])
+    found, cursor = q.sessions(db)
+    assert len(found) == 50 and cursor == (found[-1]["last_at"], "s-01")

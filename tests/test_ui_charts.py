@@ -214,3 +214,30 @@ def test_the_axis_is_as_precise_as_the_span_needs(start, end, ticks):
     assert [t.text() for t in axis] == ticks
     assert [t.attrs["text-anchor"] for t in axis] == ["start", "middle", "middle", "middle", "end"]
     assert doc.all("text", class_="empty")[0].text() == "Nothing in this range"
+
+
+@pytest.mark.parametrize("span, first", [(59.5, "00:00:00.000"), (60, "11-24 00:00:00"), (86399, "11-24 00:00:00"),
+                                         (86400, "11-24 00:00")])
+def test_the_axis_precision_changes_at_a_minute_and_a_day(span, first):
+    doc = render(charts.timeline([], MIDNIGHT, MIDNIGHT + span, title="T"))
+    assert doc.all("text", class_="axis")[0].text() == first
+
+
+def test_an_empty_timeline_is_one_row_high_and_says_so_in_the_middle():
+    doc = render(charts.timeline([], 0, 100, title="T"))
+    assert doc.all("svg")[0].attrs["viewbox"] == "0 0 1300 54"
+    empty = doc.all("text", class_="empty")[0]
+    assert (empty.attrs["x"], empty.attrs["y"], empty.attrs["text-anchor"]) == ("674.0", "24", "middle")
+
+
+def test_a_span_starting_exactly_one_gap_after_another_shares_its_row():
+    """The gap is 0.4% of the axis: a span starting exactly that long after another's end shares its row."""
+    doc = render(charts.timeline([{"from": 0, "to": 50}, {"from": 54, "to": 60}, {"from": 55, "to": 70}],
+                                 0, 1000, title="T"))
+    assert [r.attrs["y"] for r in doc.all("rect")] == ["12.0", "12.0", "26.0"]
+
+
+def test_spans_without_a_tip_or_a_label():
+    doc = render(charts.timeline([{"from": 0, "to": 5}], 0, 10, title="T", lanes=True))
+    assert [t.text() for t in doc.all("rect")[0].all("title")] == [""]
+    assert [t.text() for t in doc.all("text", class_="lane-label")] == [""]
