@@ -369,3 +369,22 @@ def test_periods_and_days_are_utc_whatever_the_servers_zone(monkeypatch):
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_days_are_floored(db):
+    """Epoch day numbers round down, also before 1970."""
+    assert (day_number(-1), day_number(0), day_number(86399.9), day_number(86400)) == (-1, 0, 0, 1)
+
+
+def test_the_last_micro_unit_lets_one_unpriced_request_through(db):
+    """One micro-unit left is room enough for a request of no known cost; a cost of one micro-unit is held."""
+    set_budget(db, ALICE, 100, "day", now=NOW)
+    spend(db, ALICE, DAY, 98)
+    assert hold(db, user_id=ALICE, default=None, cost_micros=1, hold_id="one", holder="me", now=NOW,
+                expires_at=NOW + 60).held
+    assert db.execute("SELECT amount_micros FROM budget_holds WHERE id = 'one'") == [(1,)]
+    db.execute("DELETE FROM budget_holds")
+    spend(db, ALICE, DAY - 400, 0)
+    db.execute("UPDATE budget_spend SET spent_micros = 99 WHERE day = ?", (DAY,))
+    assert hold(db, user_id=ALICE, default=None, cost_micros=0, hold_id="free", holder="me", now=NOW,
+                expires_at=NOW + 60).held
