@@ -345,12 +345,6 @@ def users(db: Database, since: float, until: float) -> list[dict[str, Any]]:
             for uid, name, disabled, admin, created in rows]
 
 
-def key_owner(db: Database, key_id: str) -> Optional[str]:
-    """The user id a key belongs to, or L{None}."""
-    rows = db.execute("SELECT user_id FROM api_keys WHERE id = ?", (key_id,))
-    return rows[0][0] if rows else None
-
-
 def user_id_of(db: Database, username_or_id: str) -> Optional[str]:
     """The id of the user with this name or id, or L{None}."""
     rows = db.execute("SELECT id FROM users WHERE id = ? OR username = ?", (username_or_id, username_or_id))
@@ -408,5 +402,5 @@ def end_sign_ins(db: Database, *, user_id: Optional[str] = None, key_id: Optiona
 
 __all__ = ["DAY", "HOUR", "MAX_HOURLY", "RANGES", "SEARCH_WINDOW", "STATUSES", "Filters", "Page", "cursor_text",
            "parse_cursor", "window", "SignIn", "add_sign_in", "end_sign_in",
-           "end_sign_ins", "find_sign_in", "interception", "interceptions", "key_owner", "labels", "overview",
+           "end_sign_ins", "find_sign_in", "interception", "interceptions", "labels", "overview",
            "pattern", "session", "session_hash", "sessions", "usage_by", "user_id_of", "users"]

@@ -165,7 +165,7 @@ class Handler(Resource):
         elif failure.check(BridgeError):
             status, message = failure.value.status, failure.value.message
         else:
-            self.log.failure("Dashboard page {path} failed", failure, path=text(request.path[:200]))
+            self.log.failure("Dashboard page {path} failed", failure, path=text(request.path[:200].decode("ascii", "replace")))
             status, message = 500, "The page could not be made: the store did not answer. Try again shortly."
         page = PageElement("Something went wrong" if status >= 500 else "Cannot do that",
                            [tags.p(text(message), class_="problem"), tags.p(tags.a("Back to the overview",
