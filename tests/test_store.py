@@ -55,6 +55,23 @@ def test_migrations_are_idempotent(db):
     assert db.version() == first[-1]
 
 
+@pytest.mark.postgres
+def test_bridges_in_two_schemas_of_one_database_each_migrate_their_own():
+    """A schema_version table in another schema of the database (another bridge's) is not taken for this one's."""
+    first_url, first_schema = pg_schema()
+    second_url, second_schema = pg_schema()
+    first, second = Database(first_url), Database(second_url)
+    try:
+        applied = first.migrate()
+        assert applied and second.version() == 0
+        assert second.migrate() == applied and second.version() == first.version()
+    finally:
+        first.close()
+        second.close()
+        drop_pg_schema(first_schema)
+        drop_pg_schema(second_schema)
+
+
 def test_keys_lifecycle(db):
     """A created key identifies its user; only its hash is stored; revoked, expired or disabled keys stop working."""
     db.migrate()

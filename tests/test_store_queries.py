@@ -493,7 +493,7 @@ class FakeCursor:
             return
         if "information_schema.tables" in statement:
             statement = statement.replace("information_schema.tables", "sqlite_master").replace(
-                "table_name", "type = 'table' AND name")
+                "table_name", "type = 'table' AND name").replace(" AND table_schema = current_schema()", "")
         self.inner.execute(statement.replace("%s", "?"), params)
         self.description, self._rows = self.inner.description, None
 

@@ -109,7 +109,10 @@ class Database:
     def version(self) -> int:
         """The number of the last migration applied (0 for an empty store)."""
         rows = self.execute(
+            # Only the schema the bridge's tables are made in: another bridge (or
+            # a test) may keep its own in another schema of the same database.
             "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+            " AND table_schema = current_schema()"
             if self.dialect == "postgresql"
             else "SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name='schema_version'"
         )
