@@ -80,10 +80,20 @@ def free_port() -> int:
     out again to a later C{listenTCP(0)} in the same test, which would then
     answer in place of the twistd child meant to take it.
     """
-    low, _ = _ephemeral_range()
-    first = 10000 if low > 11000 else 1024
-    candidates = list(range(first, max(first + 1000, low)))
-    random.shuffle(candidates)
+    low, high = _ephemeral_range()
+    if low >= 11000:
+        candidates = list(range(10000, low))
+    elif high <= 64000:
+        candidates = list(range(high + 1, 65536))
+    else:
+        raise AssertionError(f"no room outside the ephemeral range {low}-{high} for the tests' ports")
+    # Each test process (pytest-xdist's gw0, gw1, …) takes its own share, so
+    # that two never pick the same port between the check and the listen.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    candidates = candidates[index % count::count]
+    random.SystemRandom().shuffle(candidates)
     for candidate in candidates:
         if candidate in _handed_out:
             continue

@@ -7,6 +7,8 @@ client that does not trust the CA causes, and the tunnel's idle timeout.
 
 import json
 
+import pytest
+
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import formatEvent
 from twisted.python.failure import Failure
@@ -94,6 +96,21 @@ def test_requests_in_a_tunnel_log_the_proxys_line_with_the_key_masked(tmp_path, 
         f"tunnel_user=alice initiator=alice client=Unknown provider=openai route={refused.route} model=None "
         f"status=refused http_status=404 upstream_status=None tokens_in=0 tokens_out=0 duration_ms=0"]
     assert memory.TOKEN not in captured_log.text() and "secret=q" not in captured_log.text()
+
+
+@pytest.mark.parametrize("secret", [
+    memory.ANTHROPIC_KEY,                      # another provider's key, configured on the gateway
+    "sk-proj-ClientOwnKey0123456789abcdef",    # a key shaped like a provider's, the client's own
+])
+def test_any_key_in_a_tunnelled_path_is_masked_in_the_proxys_line(tmp_path, captured_log, secret):
+    """The proxy's line masks every key the bridge would: not only the CONNECT's own."""
+    proxied = memory_proxy(tmp_path)
+    client = memory_tls_client(proxied, OPENAI_HOST)
+    client.send(chat_request(f"/v1/nothing/{secret}"))
+    assert [a.status for a in client.answers()] == [404]
+    assert secret not in captured_log.text()
+    lines = [formatEvent(e) for e in captured_log.events if "via aiproxy" in e.get("log_format", "")]
+    assert len(lines) == 1 and f"/v1/nothing/{mask_secret(secret)} " in lines[0]
 
 
 TLS_FAILED = "aiproxy: TLS with the client for api.openai.com failed, before any request (does the client trust " \

@@ -95,15 +95,37 @@ def test_secrets_of_six_characters_or_more_are_masked():
 
 def test_given_secrets_and_key_shaped_words_are_masked():
     """Keys given (any provider's, whatever their shape) and words shaped like a provider's or a bridge's key
-    are masked; shorter look-alikes and other words are not."""
+    are masked; shorter look-alikes, the tails of other words and ids are not."""
     from bridgeproxy.proxy.exchange import Exchange
     from bridgeproxy.proxy.records import scrub
+    from bridgeproxy.types import mask_secret
     ex = Exchange(request=None, started=0)
     assert scrub("vllm token-abc123-compat here", ex, ("token-abc123-compat",)) == "vllm to...t here"
-    assert scrub("a sk-0123456789ab b", ex) == "a s...b b"
-    assert scrub("a bp_0123456789ab-_ b", ex) == "a bp..._ b"
-    assert scrub("a sk-0123456789a b, sk-proj-****abcd, skx-0123456789abcdef", ex) == (
-        "a sk-0123456789a b, sk-proj-****abcd, skx-0123456789abcdef")
+    key, bridge_key = "sk-" + "0123456789abcdefghij", "bp_" + "0123456789ABCDEFGH-_"
+    assert scrub(f"a {key} b ({bridge_key})", ex) == f"a {mask_secret(key)} b ({mask_secret(bridge_key)})"
+    kept = ("a sk-0123456789abcdefghi b, sk-proj-****abcd, skx-0123456789abcdefghijklmn, "
+            "ft:gpt-4o:acme:risk-assessment-v2:AbC123, req_9fsk-0123456789abcdefghijXYZ, disk-space-exhausted-again-"
+            "and-again, webp_thumbnail_large_2x_retina_display")
+    assert scrub(kept, ex) == kept
+
+
+def test_the_longest_secret_is_masked_first():
+    """A secret that is part of a longer one does not leave the longer one's tail behind."""
+    from bridgeproxy.proxy.records import mask
+    from bridgeproxy.types import mask_secret
+    short, long = "abcdef-012345", "abcdef-012345-and-more-of-it"
+    assert mask(f"x {long} y", [short, long]) == f"x {mask_secret(long)} y"
+    assert mask(f"x {long} y", [long, short]) == f"x {mask_secret(long)} y"
+
+
+def test_a_path_is_masked_before_it_is_cut_short():
+    """A key across the 200th character of a path is masked whole, not cut in two and left half visible."""
+    from bridgeproxy.proxy.records import mask, printable
+    key = "AIzaSyD-not-key-shaped-0123456789abcdef"
+    path = ("/v1/" + "x" * 180 + "/" + key).encode()
+    shown = printable(path, lambda text: mask(text, [key]))
+    assert len(shown) <= 200 and "0123456789" not in shown and "AIzaSyD-not" not in shown
+    assert key[:15] in printable(path)  # without hiding, the cut would have left a part of it
 
 
 def test_a_path_is_cut_at_its_first_question_mark():

@@ -72,6 +72,24 @@ def test_bridges_in_two_schemas_of_one_database_each_migrate_their_own():
         drop_pg_schema(second_schema)
 
 
+@pytest.mark.postgres
+def test_a_store_found_later_on_the_search_path_is_the_one_used():
+    """Tables in a schema after an empty one on the search_path (say "$user", public) are found, not made again."""
+    made_url, made_schema = pg_schema()
+    _, empty_schema = pg_schema()
+    made = Database(made_url)
+    both = Database(made_url.replace(f"search_path%3D{made_schema}", f"search_path%3D{empty_schema}%2C{made_schema}"))
+    try:
+        made.migrate()
+        assert both.version() == made.version() > 0
+        assert both.migrate() == []
+    finally:
+        made.close()
+        both.close()
+        drop_pg_schema(made_schema)
+        drop_pg_schema(empty_schema)
+
+
 def test_keys_lifecycle(db):
     """A created key identifies its user; only its hash is stored; revoked, expired or disabled keys stop working."""
     db.migrate()

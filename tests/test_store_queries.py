@@ -491,9 +491,8 @@ class FakeCursor:
             # PL/pgSQL and statement triggers (the dashboard's rollups): SQLite stands in for the tables only.
             self.description, self._rows = None, []
             return
-        if "information_schema.tables" in statement:
-            statement = statement.replace("information_schema.tables", "sqlite_master").replace(
-                "table_name", "type = 'table' AND name").replace(" AND table_schema = current_schema()", "")
+        if "to_regclass" in statement:
+            statement = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
         self.inner.execute(statement.replace("%s", "?"), params)
         self.description, self._rows = self.inner.description, None
 

@@ -22,8 +22,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from bridgeproxy.proxy.records import printable
-from bridgeproxy.types import mask_secret
+from bridgeproxy.proxy.records import mask, printable
 
 log = Logger(namespace="bridgeproxy.aiproxy")
 
@@ -75,9 +74,7 @@ class TunnelRequest:
         log that one): the same facts under the same id, and the tunnel's.
         """
         tunnel = self.tunnel
-        path = printable(self.path)
-        if tunnel.token in path:
-            path = path.replace(tunnel.token, mask_secret(tunnel.token))
+        path = printable(self.path, lambda text: mask(text, (tunnel.token, *tunnel.bridge.secrets)))
         log.info(
             "interception {id} via aiproxy {method} https://{host}{path} tunnel_user={tunnel_user} "
             "initiator={initiator} client={client} provider={provider} route={route} model={model} status={status} "

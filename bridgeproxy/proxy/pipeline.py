@@ -202,6 +202,12 @@ class Bridge:
             except Exception:
                 self._crash(ex)
 
+    def _unknown_route(self, ex: Exchange) -> NotFound:
+        # The secrets in the path are hidden before it is cut short (and the
+        # message is scrubbed again when the refusal is answered).
+        path = records.printable(ex.request.path, lambda text: records.scrub(text, ex, self.secrets))
+        return NotFound(f"Unknown route: {ex.request.method.decode('latin-1')} {path}")
+
     def _route(self, ex: Exchange) -> Optional[BridgeError]:
         """
         Check the path, find the route, read and check the body.
@@ -218,7 +224,7 @@ class Bridge:
         if not request.uri.isascii():
             return BadRequest("Refused query string: it contains a byte that is not ASCII.")
         if entry is None:
-            return _unknown_route(request)
+            return self._unknown_route(ex)
         if request.requestHeaders.hasHeader(b"upgrade"):
             return UpgradeNotSupported(
                 "WebSocket is not supported by this gateway; use HTTPS (server-sent events).")
@@ -232,7 +238,7 @@ class Bridge:
         route = entry.provider.route(ex.subpath) if method == b"POST" else None
         if route is None:
             if not entry.passthrough.allows(method, ex.subpath):
-                return _unknown_route(request)
+                return self._unknown_route(ex)
             route = ""
         ex.route = route
         if request.too_large:  # a BoundedRequest (proxy/site.py) stopped keeping its body
@@ -527,7 +533,7 @@ class Bridge:
         self.log.info("Refused {method} {path}: {status} ({reason}) client={client} "
                       "credential={credential_kind} hint={hint}",
                       method=request.method.decode("latin-1"),
-                      path=records.scrub(records.printable(request.path), ex, self.secrets),
+                      path=records.printable(request.path, lambda text: records.scrub(text, ex, self.secrets)),
                       status=error.status, reason=reason, client=ex.client.name,
                       credential_kind=credential.source if credential is not None else "none",
                       hint=credential.hint if credential is not None else "none")
@@ -635,6 +641,3 @@ def _masked(error: BridgeError, message: str) -> BridgeError:
     copy.args = (message,)
     return copy
 
-
-def _unknown_route(request: Any) -> NotFound:
-    return NotFound(f"Unknown route: {request.method.decode('latin-1')} {records.printable(request.path)}")

@@ -7,7 +7,7 @@ masking of the secrets it knows out of any text it records.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from bridgeproxy.proxy.exchange import Exchange
 from bridgeproxy.types import Interception, Usage, mask_secret
@@ -18,15 +18,34 @@ MAX_ERROR_CHARS = 1000
 MAX_USER_AGENT_CHARS = 512
 
 
-def printable(path: bytes) -> str:
-    """A path for a log line or message: no query string, no control characters."""
-    text = path.partition(b"?")[0].decode("latin-1")[:200]
+def printable(path: bytes, hide: Callable[[str], str] = str) -> str:
+    """
+    A path for a log line or message: no query string, the secrets in it
+    hidden by C{hide} (before it is cut short, so that no key is cut in
+    two), at most 200 characters, no control characters.
+    """
+    text = hide(path.partition(b"?")[0].decode("latin-1"))[:200]
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
 #: What a provider key or a bridge key looks like, wherever it comes from
-#: (a client's own key of another provider, pasted into a path).
-_KEY_SHAPED = re.compile(r"(?:sk-|bp_)[A-Za-z0-9_-]{12,}")
+#: (a client's own key of another provider, pasted into a path): a word of
+#: its own (not the tail of another), 20 characters or more after the
+#: prefix (a bridge key has 43, OpenAI's and Anthropic's more).
+_KEY_SHAPED = re.compile(r"(?<![A-Za-z0-9_-])(?:sk-|bp_)[A-Za-z0-9_-]{20,}")
+
+
+def mask(text: str, secrets: Iterable[Optional[str]]) -> str:
+    """
+    C{text} with each of C{secrets} (of six characters or more) masked, the
+    longest first (so that no tail of a longer one is left when a shorter
+    one is part of it), and anything shaped like a provider's or a
+    bridge's key.
+    """
+    for secret in sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, mask_secret(secret))
+    return _KEY_SHAPED.sub(lambda match: mask_secret(match.group()), text)
 
 
 def scrub(text: str, ex: Exchange, secrets: Iterable[str] = ()) -> str:
@@ -36,10 +55,7 @@ def scrub(text: str, ex: Exchange, secrets: Iterable[str] = ()) -> str:
     shaped like a provider's or a bridge's key.
     """
     central = ex.entry.config.key if ex.entry is not None else None
-    for secret in (ex.credential.token if ex.credential else None, ex.upstream_key, central, *secrets):
-        if secret and len(secret) >= 6 and secret in text:
-            text = text.replace(secret, mask_secret(secret))
-    return _KEY_SHAPED.sub(lambda match: mask_secret(match.group()), text)
+    return mask(text, (ex.credential.token if ex.credential else None, ex.upstream_key, central, *secrets))
 
 
 def interception(ex: Exchange, *, ended_at: float, status: str, error: Optional[str],
@@ -74,7 +90,7 @@ def interception(ex: Exchange, *, ended_at: float, status: str, error: Optional[
         started_at=ex.started,
         ended_at=ended_at,
         provider=provider_name,
-        route=ex.route or scrub(printable(ex.subpath), ex, secrets),
+        route=ex.route or printable(ex.subpath, lambda text: scrub(text, ex, secrets)),
         intercepted=bool(ex.route),
         method=request.method.decode("latin-1"),
         model=model,

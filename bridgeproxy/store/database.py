@@ -109,10 +109,10 @@ class Database:
     def version(self) -> int:
         """The number of the last migration applied (0 for an empty store)."""
         rows = self.execute(
-            # Only the schema the bridge's tables are made in: another bridge (or
-            # a test) may keep its own in another schema of the same database.
-            "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
-            " AND table_schema = current_schema()"
+            # The table the bridge's unqualified statements would read (by the
+            # search_path), not one of the same name in any schema of the
+            # database: another bridge (or a test) may keep its own elsewhere.
+            "SELECT to_regclass('schema_version') IS NOT NULL"
             if self.dialect == "postgresql"
             else "SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name='schema_version'"
         )

@@ -33,6 +33,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.template import tags
 
 from bridgeproxy.errors import BridgeError
+from bridgeproxy.proxy.records import printable
 from bridgeproxy.store import dashboard
 from bridgeproxy.store.dashboard import SignIn
 from bridgeproxy.ui import pages
@@ -165,7 +166,7 @@ class Handler(Resource):
         elif failure.check(BridgeError):
             status, message = failure.value.status, failure.value.message
         else:
-            self.log.failure("Dashboard page {path} failed", failure, path=text(request.path[:200].decode("ascii", "replace")))
+            self.log.failure("Dashboard page {path} failed", failure, path=printable(request.path))
             status, message = 500, "The page could not be made: the store did not answer. Try again shortly."
         page = PageElement("Something went wrong" if status >= 500 else "Cannot do that",
                            [tags.p(text(message), class_="problem"), tags.p(tags.a("Back to the overview",
