@@ -147,6 +147,19 @@ def test_concurrent_lookups_share_one_store_call():
     assert len(store.calls) == 2
 
 
+def test_a_request_that_leaves_while_its_key_is_checked_does_not_stop_the_others():
+    """One of the requests waiting on a key check is cancelled (its client left): the others still get the answer."""
+    from twisted.internet.defer import CancelledError
+    store = Store({"a": ALICE})
+    store.hold = True
+    keys, _ = backend(store)
+    first, gone, last = keys.identify("a"), keys.identify("a"), keys.identify("a")
+    gone.cancel()
+    store.answer()
+    assert result_of(gone).check(CancelledError)
+    assert (result_of(first), result_of(last)) == (ALICE, ALICE)
+
+
 def test_concurrent_lookups_all_fail_together_when_the_store_fails():
     """When the shared store call fails, every waiting request gets the 503, and the next one asks again."""
     store = Store({"a": ALICE})
