@@ -26,11 +26,11 @@ import bridgeproxy
 from bridgeproxy import cli
 from bridgeproxy.store import Database
 from bridgeproxy.types import Interception, ToolCall
+from tests.pg import drop_pg_schema, pg_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 PASSWORD = "s3cret-Pa55"
-PG_URL = os.environ.get("BRIDGEPROXY_TEST_POSTGRES")
 
 
 # -- helpers ---------------------------------------------------------------------
@@ -111,18 +111,9 @@ def store_config(request, tmp_path):
     if request.param == "sqlite":
         yield sqlite_config(tmp_path)
         return
-    if not PG_URL:
-        if os.environ.get("CI"):
-            pytest.fail("BRIDGEPROXY_TEST_POSTGRES is not set in CI: .ci/run must start PostgreSQL")
-        pytest.skip("PostgreSQL NOT TESTED: set BRIDGEPROXY_TEST_POSTGRES (bash .ci/run does)")
-    import psycopg
-    schema = "cli_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in PG_URL else "?"
-    yield write_config(tmp_path, f"{PG_URL}{sep}options=-csearch_path%3D{schema}")
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    url, schema = pg_schema()
+    yield write_config(tmp_path, url)
+    drop_pg_schema(schema)
 
 
 def store_of(config: str) -> Database:
