@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, Callable, Iterable, Optional, TypeVar
 
+from bridgeproxy.store.database import in_transaction
+
 T = TypeVar("T")
 
 #: The periods a budget can be given for: UTC calendar days, weeks (Monday to Sunday) and months.
@@ -132,19 +134,13 @@ def exclusive(db: Any, locks: Iterable[str], work: Callable[[Any], T]) -> T:
     order so that two transactions never wait on each other.
     """
     if db.dialect == "sqlite":
-        db.execute("BEGIN IMMEDIATE")
-    else:
-        db.execute("BEGIN")
-    try:
-        if db.dialect != "sqlite":
-            for name in sorted(set(locks)):
-                db.execute("SELECT pg_advisory_xact_lock(?)", (lock_key(name),))
-        result = work(db)
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-    return result
+        return in_transaction(db, work, begin="BEGIN IMMEDIATE")
+
+    def locked(db: Any) -> T:
+        for name in sorted(set(locks)):
+            db.execute("SELECT pg_advisory_xact_lock(?)", (lock_key(name),))
+        return work(db)
+    return in_transaction(db, locked)
 
 
 def user_lock(user_id: str) -> str:

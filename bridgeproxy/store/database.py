@@ -14,11 +14,13 @@ import secrets
 import sqlite3
 import time
 import uuid
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
 
 from bridgeproxy.errors import ConfigError
 from bridgeproxy.store.schema import INTERCEPTION_COLUMNS, LATEST, MIGRATIONS, statements
 from bridgeproxy.types import Identity, Interception, mask_secret, record_row, row_dict
+
+T = TypeVar("T")
 
 TOKEN_PREFIX = "bp_"
 #: Rows per INSERT statement (31 columns each; SQLite allows 32766 parameters).
@@ -33,6 +35,22 @@ def hash_token(token: str) -> str:
 class StoreError(Exception):
     """The store refused an operation (unknown user, duplicate name, ...)."""
 
+
+
+def in_transaction(db: Any, work: Callable[[Any], T], begin: str = "BEGIN") -> T:
+    """
+    Run C{work(db)} in one transaction opened with C{begin} (SQLite's
+    C{BEGIN IMMEDIATE}, say); commit, or roll back and re-raise.  C{db} is
+    anything with C{execute}: a L{Database}, or a stand-in for one.
+    """
+    db.execute(begin)
+    try:
+        result = work(db)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return result
 
 class Database:
     """
@@ -84,14 +102,7 @@ class Database:
 
     def transaction(self, work):
         """Run C{work(self)} in one transaction; commit, or roll back and re-raise."""
-        self.execute("BEGIN")
-        try:
-            result = work(self)
-        except BaseException:
-            self.execute("ROLLBACK")
-            raise
-        self.execute("COMMIT")
-        return result
+        return in_transaction(self, work)
 
     def close(self) -> None:
         try:
