@@ -424,6 +424,40 @@ def test_drain_fires_when_the_last_request_ends():
     assert all(not call.active() or call.getTime() > 60 for call in g.clock.getDelayedCalls())
 
 
+def test_time_to_first_byte_is_recorded_in_milliseconds():
+    """The record says how long the upstream took to send its first byte, from the request's start."""
+    g = memory.gateway({"upstream": {"timeout": 30}})
+    from twisted.web.server import NOT_DONE_YET
+    g.upstream.handler = lambda request: NOT_DONE_YET
+    g.clock.advance(1000)
+    g.open("POST", "/openai/v1/chat/completions", CHAT, BEARER)
+    g.clock.advance(0.75)
+    request = g.upstream.requests[0]
+    request.write(b'{"ok": 1}')
+    g.pump()
+    g.clock.advance(1)
+    request.finish()
+    g.pump()
+    assert g.records[0].ttfb_ms == 750
+
+
+@pytest.mark.parametrize("anthropic_key", [ANTHROPIC_KEY, "central-anthropic-key-of-no-known-shape-0123"])
+def test_a_key_across_the_cut_of_an_unknown_path_is_masked_whole(events, tmp_path, anthropic_key):
+    """Another provider's key where the 200-character cut of a 404's path falls is masked, not left half shown
+    (whether or not it is shaped like a provider's key)."""
+    key_file = tmp_path / "anthropic.key"
+    key_file.write_text(anthropic_key + "\n")
+    g = memory.gateway({"providers": {"anthropic": {"base_url": memory.UPSTREAM, "key_file": str(key_file)}}})
+    path = "/openai/v1/files/" + "x" * (179 - len("/openai/v1/files/")) + "/" + anthropic_key
+    assert path.index(anthropic_key) == 180  # the cut at 200 would leave 20 of its characters
+    answer = g.send("GET", path, None, BEARER)
+    assert answer.status == 404
+    part = anthropic_key[:12]
+    assert part.encode() not in answer.raw
+    assert part not in (g.records[0].error or "") and part not in g.records[0].route
+    assert part not in log_text(events)
+
+
 def test_prompt_is_cut_to_max_prompt_chars():
     """The recorded prompt is the last user prompt, cut to [recording] max_prompt_chars."""
     g = memory.gateway({"recording": {"max_prompt_chars": 5}})

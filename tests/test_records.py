@@ -116,6 +116,23 @@ def test_the_longest_secret_is_masked_first():
     short, long = "abcdef-012345", "abcdef-012345-and-more-of-it"
     assert mask(f"x {long} y", [short, long]) == f"x {mask_secret(long)} y"
     assert mask(f"x {long} y", [long, short]) == f"x {mask_secret(long)} y"
+    # Not merely the first in reverse alphabetical order: the longest.
+    short, long = "zzzzzz-0123", "aaaa-zzzzzz-0123-more"
+    assert mask(f"x {long} y", [short, long]) == f"x {mask_secret(long)} y"
+
+
+def test_the_exchanges_own_provider_key_is_masked_without_being_given():
+    """The key of the provider an exchange went to is masked even when the caller gives no list of keys
+    (after a reload that changed it, the request in flight still knows its own)."""
+    from types import SimpleNamespace
+
+    from bridgeproxy.proxy.exchange import Exchange
+    from bridgeproxy.proxy.records import scrub
+    from bridgeproxy.types import mask_secret
+    own = "central-key-not-key-shaped-0123"
+    ex = Exchange(request=None, started=0)
+    ex.entry = SimpleNamespace(config=SimpleNamespace(key=own))
+    assert scrub(f"echo {own}", ex) == f"echo {mask_secret(own)}"
 
 
 def test_a_path_is_masked_before_it_is_cut_short():
