@@ -131,6 +131,25 @@ def test_unknown_routes_are_404(bridge, agent):
 
 
 @pytest_twisted.inlineCallbacks
+def test_keys_in_a_refused_path_are_masked_in_the_answer_the_record_and_the_log(bridge, agent, captured_log):
+    """Another provider's key, or a client's own key of any provider, pasted into a path: the 404 the client
+    gets, the row recorded and the log never show it in full."""
+    token = bridge.create_key("alice")
+    own = "sk-proj-ClientOwnKey0123456789abcdef"
+    for secret in (fakes.ANTHROPIC_KEY, own):
+        response, body = yield call(agent, "GET", f"{bridge.url}/openai/v1/files/{secret}", None,
+                                    {"Authorization": f"Bearer {token}"})
+        assert response.code == 404
+        assert secret.encode() not in body and openai_shape(body)["message"].endswith("...def")
+    yield bridge.flush()
+    rows = bridge.rows()
+    assert len(rows) == 2
+    assert all(row["route"].endswith("...def") and row["error"].endswith("...def") for row in rows)
+    assert_no_secrets(json.dumps(rows) + captured_log.text(), fakes.ANTHROPIC_KEY, own, token)
+    assert bridge.upstream.requests == []
+
+
+@pytest_twisted.inlineCallbacks
 def test_head_probe_answers_without_credential_or_upstream(bridge, agent):
     """HEAD on a provider's base path is 200 with no credential and no upstream request (Claude Code's probe)."""
     for path in ("/anthropic", "/anthropic/", "/openai/v1", "/api/v2/aibridge/anthropic"):
